@@ -1,0 +1,108 @@
+//! Decode operator: videos arrive sharded by a hash of their id, each is
+//! decoded in one sequential pass on a dedicated thread, and its frames flow
+//! on in chunks at the video's timestamp. The capability for a video is held
+//! until its last chunk has been sent.
+
+use crate::messages::{FrameMsg, ItemError, VideoItem};
+use crate::stats::RunStats;
+use crossbeam_channel::{bounded, TrySendError};
+use locvtp_media::decode::{decode_video, DecodeOptions};
+use std::collections::{HashMap, VecDeque};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+
+#[derive(Debug, Clone)]
+pub struct DecodeConfig {
+    pub options: DecodeOptions,
+    /// Videos decoded at once by this worker, each on its own thread.
+    pub threads: usize,
+    /// Frame chunks buffered between the decoder threads and the dataflow;
+    /// a full queue pauses decoding (back-pressure).
+    pub queue: usize,
+}
+
+pub fn decode<'s>(
+    videos: Stream<'s, u64, Vec<VideoItem>>,
+    cfg: DecodeConfig,
+    stats: Arc<RunStats>,
+) -> Stream<'s, u64, Vec<FrameMsg>> {
+    let scope = videos.scope();
+    let worker = scope.worker();
+    let pact = Exchange::new(|v: &VideoItem| crate::shard_of(&v.id));
+    videos.unary_frontier(pact, "Decode", move |_cap, info| {
+        let activator = Arc::new(worker.sync_activator_for(info.address.to_vec()));
+        let (job_tx, job_rx) = bounded::<(u64, VideoItem)>(cfg.threads.max(1));
+        let (res_tx, res_rx) = bounded::<(u64, FrameMsg)>(cfg.queue.max(1));
+        for i in 0..cfg.threads.max(1) {
+            let (job_rx, res_tx, activator, stats) = (job_rx.clone(), res_tx.clone(), activator.clone(), stats.clone());
+            let options = cfg.options;
+            std::thread::Builder::new()
+                .name(format!("decode-{i}"))
+                .spawn(move || {
+                    for (t, item) in job_rx {
+                        let send = |msg: FrameMsg| {
+                            let ok = res_tx.send((t, msg)).is_ok();
+                            let _ = activator.activate();
+                            ok
+                        };
+                        let result = decode_video(&item.path, &options, |chunk| {
+                            RunStats::add(&stats.frames_decoded, chunk.len() as u64);
+                            if send(FrameMsg::Chunk { video: item.id.clone(), chunk }) {
+                                ControlFlow::Continue(())
+                            } else {
+                                ControlFlow::Break(())
+                            }
+                        });
+                        let last = match result {
+                            Ok(summary) => FrameMsg::End { video: item.id.clone(), frames: summary.frames, info: summary.info },
+                            Err(e) => FrameMsg::Failed(ItemError {
+                                video_id: item.id.to_string(),
+                                stage: "decode".into(),
+                                reason: format!("{e:#}"),
+                            }),
+                        };
+                        if !send(last) {
+                            return;
+                        }
+                    }
+                })
+                .expect("spawn decoder thread");
+        }
+        drop(res_tx);
+
+        let mut caps: HashMap<u64, Capability<u64>> = HashMap::new();
+        let mut backlog: VecDeque<(u64, VideoItem)> = VecDeque::new();
+        move |(input, _frontier), output| {
+            input.for_each(|cap, data| {
+                for item in data.drain(..) {
+                    let cap = cap.retain_least(0).expect("extraction times are totally ordered");
+                    let t = *cap.time();
+                    caps.insert(t, cap);
+                    backlog.push_back((t, item));
+                }
+            });
+            while let Some(job) = backlog.pop_front() {
+                match job_tx.try_send(job) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(job)) => {
+                        backlog.push_front(job);
+                        break;
+                    }
+                    Err(TrySendError::Disconnected(_)) => panic!("all decoder threads have stopped"),
+                }
+            }
+            while let Ok((t, msg)) = res_rx.try_recv() {
+                let finished = !matches!(msg, FrameMsg::Chunk { .. });
+                let cap = caps.get(&t).expect("a capability is held for every video in flight");
+                output.session(cap).give(msg);
+                if finished {
+                    caps.remove(&t);
+                }
+            }
+        }
+    })
+}

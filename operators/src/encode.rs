@@ -1,0 +1,247 @@
+//! Encoder operator: clips from any number of videos are packed into
+//! batches for a dedicated model thread (GPU or CPU). Every batch has the
+//! same shape, padded with blank clips when short, so that a clip's features
+//! never depend on which other clips shared its batch: runs with different
+//! worker counts or timing give identical values.
+
+use crate::messages::{ClipMsg, FeatureMsg};
+use crate::stats::RunStats;
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use locvtp_model::{normalise_u8_clips, parse_device, LocVtp, ModelConfig};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Once};
+use std::time::Instant;
+use tch::{Kind, Tensor};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+
+/// Which activation becomes the clip feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layer {
+    /// The video projection head's output (D = 256 in the released model).
+    Projection,
+    /// C3D's fc6 (4096-d in the released model).
+    Fc6,
+}
+
+#[derive(Debug, Clone)]
+pub struct EncodeConfig {
+    pub model: ModelConfig,
+    pub checkpoint: Option<PathBuf>,
+    pub layer: Layer,
+    pub device: String,
+    pub batch_size: usize,
+    /// Batches queued for the model thread.
+    pub queue: usize,
+    /// Seed of the initial weights when no checkpoint is given.
+    pub seed: i64,
+}
+
+impl EncodeConfig {
+    pub fn feature_dim(&self) -> usize {
+        match self.layer {
+            Layer::Projection => self.model.projection_dim as usize,
+            Layer::Fc6 => self.model.c3d.fc_dim as usize,
+        }
+    }
+
+    pub fn clip_bytes(&self) -> usize {
+        let s = self.model.frame_size as usize;
+        self.model.frames_per_segment as usize * s * s * 3
+    }
+}
+
+/// Loads the model as the encoder will use it; callers run this once before
+/// the dataflow starts so that a bad checkpoint is a configuration error,
+/// not a failure in the middle of a run.
+pub fn load_encoder(cfg: &EncodeConfig) -> anyhow::Result<LocVtp> {
+    let device = parse_device(&cfg.device)?;
+    let mut model = LocVtp::new(&cfg.model, device, cfg.seed);
+    match &cfg.checkpoint {
+        Some(path) => {
+            locvtp_model::checkpoint::load_weights(&mut model.vs, path)?;
+        }
+        None => {
+            static WARN: Once = Once::new();
+            WARN.call_once(|| {
+                tracing::warn!(
+                    "NO CHECKPOINT: the encoder runs with randomly initialised weights (seed {}); features are not meaningful",
+                    cfg.seed
+                )
+            });
+        }
+    }
+    Ok(model)
+}
+
+/// Clip keys `(time, video, clip index)` and their pixels.
+struct Job {
+    tags: Vec<(u64, Arc<str>, u64)>,
+    pixels: Vec<u8>,
+}
+
+struct Done {
+    tags: Vec<(u64, Arc<str>, u64)>,
+    values: Vec<f32>,
+}
+
+fn run_model(cfg: EncodeConfig, jobs: Receiver<Job>, done: Sender<Result<Done, String>>, wake: impl Fn(), stats: Arc<RunStats>) {
+    let model = match load_encoder(&cfg) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = done.send(Err(format!("{e:#}")));
+            wake();
+            return;
+        }
+    };
+    let s = cfg.model.frame_size;
+    let f = cfg.model.frames_per_segment;
+    let b = cfg.batch_size as i64;
+    let dim = cfg.feature_dim();
+    let mut waited = Instant::now();
+    for job in jobs {
+        RunStats::add(&stats.encoder_wait_ns, waited.elapsed().as_nanos() as u64);
+        let busy = Instant::now();
+        let n = job.tags.len();
+        let mut pixels = job.pixels;
+        pixels.resize(cfg.batch_size * cfg.clip_bytes(), 0);
+        let values = tch::no_grad(|| {
+            let u8s = Tensor::from_slice(&pixels).reshape([b, f, s, s, 3]).to_device(model.device());
+            let (fc6, projected) = model.encode_clips(&normalise_u8_clips(&u8s), false);
+            let out = match cfg.layer {
+                Layer::Projection => projected,
+                Layer::Fc6 => fc6,
+            };
+            let out = out.narrow(0, 0, n as i64).to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous();
+            let mut v = vec![0f32; n * dim];
+            out.copy_data(&mut v, n * dim);
+            v
+        });
+        RunStats::add(&stats.encoder_busy_ns, busy.elapsed().as_nanos() as u64);
+        RunStats::add(&stats.clips_encoded, n as u64);
+        if done.send(Ok(Done { tags: job.tags, values })).is_err() {
+            return;
+        }
+        wake();
+        waited = Instant::now();
+    }
+}
+
+/// Per video time: the capability, clips still being encoded, and the end
+/// marker held back until they are out.
+struct Pending {
+    cap: Capability<u64>,
+    in_flight: usize,
+    end: Option<FeatureMsg>,
+}
+
+pub fn encode<'s>(clips: Stream<'s, u64, Vec<ClipMsg>>, cfg: EncodeConfig, stats: Arc<RunStats>) -> Stream<'s, u64, Vec<FeatureMsg>> {
+    let scope = clips.scope();
+    let worker = scope.worker();
+    clips.unary_frontier(Pipeline, "Encode", move |_cap, info| {
+        let activator = Arc::new(worker.sync_activator_for(info.address.to_vec()));
+        let (job_tx, job_rx) = bounded::<Job>(cfg.queue.max(1));
+        let (done_tx, done_rx) = bounded::<Result<Done, String>>(cfg.queue.max(1) + 1);
+        {
+            let (cfg, activator, stats) = (cfg.clone(), activator.clone(), stats.clone());
+            std::thread::Builder::new()
+                .name("encode".into())
+                .spawn(move || {
+                    run_model(
+                        cfg,
+                        job_rx,
+                        done_tx,
+                        move || {
+                            let _ = activator.activate();
+                        },
+                        stats,
+                    )
+                })
+                .expect("spawn encoder thread");
+        }
+        let dim = cfg.feature_dim();
+        let batch_size = cfg.batch_size.max(1);
+        let clip_bytes = cfg.clip_bytes();
+        let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+        let mut batch = Job { tags: Vec::new(), pixels: Vec::new() };
+        let mut ready: VecDeque<Job> = VecDeque::new();
+        let mut batches_in_flight = 0usize;
+
+        move |(input, frontier), output| {
+            input.for_each(|cap, data| {
+                let t = *cap.least().expect("extraction times are totally ordered");
+                for msg in data.drain(..) {
+                    match msg {
+                        ClipMsg::Clip { video, index, pixels } => {
+                            assert_eq!(pixels.len(), clip_bytes, "clip size does not match the model's input");
+                            let p = pending.entry(t).or_insert_with(|| Pending {
+                                cap: cap.retain_least(0).expect("totally ordered"),
+                                in_flight: 0,
+                                end: None,
+                            });
+                            p.in_flight += 1;
+                            batch.tags.push((t, video, index));
+                            batch.pixels.extend_from_slice(&pixels);
+                            if batch.tags.len() == batch_size {
+                                ready.push_back(std::mem::replace(&mut batch, Job { tags: Vec::new(), pixels: Vec::new() }));
+                            }
+                        }
+                        ClipMsg::End { video, clips, frames, fps } => {
+                            let end = FeatureMsg::End { video, clips, frames, fps };
+                            match pending.get_mut(&t) {
+                                Some(p) => p.end = Some(end),
+                                None => output.session(&cap).give(end),
+                            }
+                        }
+                        ClipMsg::Failed(e) => output.session(&cap).give(FeatureMsg::Failed(e)),
+                    }
+                }
+            });
+
+            while let Ok(result) = done_rx.try_recv() {
+                let done = result.unwrap_or_else(|e| panic!("encoder failed: {e}"));
+                batches_in_flight -= 1;
+                for (i, (t, video, index)) in done.tags.into_iter().enumerate() {
+                    let p = pending.get_mut(&t).expect("pending entry for every clip in flight");
+                    let values = done.values[i * dim..(i + 1) * dim].to_vec();
+                    output.session(&p.cap).give(FeatureMsg::Feature { video, index, values });
+                    p.in_flight -= 1;
+                }
+            }
+            pending.retain(|_, p| {
+                if p.in_flight > 0 {
+                    return true;
+                }
+                if let Some(end) = p.end.take() {
+                    output.session(&p.cap).give(end);
+                }
+                // More clips of this video may still arrive with their own
+                // capability; nothing needs this one any more.
+                false
+            });
+
+            // A partial batch goes out when the model would otherwise sit
+            // idle, or when no more input can come.
+            if !batch.tags.is_empty() && ready.is_empty() && (batches_in_flight == 0 || frontier.is_empty()) {
+                ready.push_back(std::mem::replace(&mut batch, Job { tags: Vec::new(), pixels: Vec::new() }));
+            }
+            while let Some(job) = ready.pop_front() {
+                match job_tx.try_send(job) {
+                    Ok(()) => batches_in_flight += 1,
+                    Err(TrySendError::Full(job)) => {
+                        ready.push_front(job);
+                        break;
+                    }
+                    Err(TrySendError::Disconnected(_)) => match done_rx.recv() {
+                        Ok(Err(e)) => panic!("encoder failed: {e}"),
+                        _ => panic!("the encoder thread stopped"),
+                    },
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,167 @@
+//! `locvtp-flow`: pre-train LocVTP video-text models and extract clip
+//! features, as timely-dataflow graphs described by TOML files.
+
+mod graph;
+mod run;
+
+use anyhow::Result;
+use clap::{ArgAction, Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const EXAMPLES: &str = "\
+Examples:
+  locvtp-flow demo-data                              # generate the demo videos and narration
+  locvtp-flow check graphs/extract.toml              # validate a graph and print its topology
+  locvtp-flow run graphs/extract.toml                # clip features of a folder of videos -> HDF5
+  locvtp-flow run graphs/extract.toml --set stages.encode.device=cpu --set stages.encode.batch_size=4
+  locvtp-flow run graphs/extract.toml -w 2           # two worker threads
+  locvtp-flow run graphs/extract.toml -n 2 -p 0 &    # two processes on this machine (loopback):
+  locvtp-flow run graphs/extract.toml -n 2 -p 1      #   one command per process
+  locvtp-flow run graphs/extract.toml -n 4 -p 2 -h hosts.txt   # process 2 of 4 on several machines
+
+Exit codes: 0 the run completed (individual bad items are listed in errors.jsonl),
+1 the run failed, 2 the graph or a path in it is wrong (nothing was started).";
+
+#[derive(Parser)]
+#[command(name = "locvtp-flow", version, about, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a graph: `locvtp-flow run graphs/extract.toml`.
+    #[command(disable_help_flag = true, after_help = EXAMPLES)]
+    Run(RunArgs),
+    /// Validate a graph and print its stages, types and edges.
+    #[command(disable_help_flag = true)]
+    Check(GraphArgs),
+    /// Write the deterministic demo set (narrated videos of moving shapes).
+    DemoData {
+        /// Output folder.
+        #[arg(long, default_value = "data/demo")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Args)]
+struct GraphArgs {
+    /// The graph file (TOML).
+    graph: PathBuf,
+    /// Override an option: `--set stages.encode.batch_size=64` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    #[arg(long, action = ArgAction::Help, help = "Print help")]
+    help: Option<bool>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    graph: GraphArgs,
+    /// Worker threads per process (timely's -w).
+    #[arg(short = 'w', long = "threads", default_value_t = 1)]
+    threads: usize,
+    /// Number of processes (timely's -n).
+    #[arg(short = 'n', long = "processes", default_value_t = 1)]
+    processes: usize,
+    /// This process's index, 0..n (timely's -p).
+    #[arg(short = 'p', long = "process", default_value_t = 0)]
+    process: usize,
+    /// File of `host:port` lines, one per process (timely's -h); defaults
+    /// to 127.0.0.1:2101, 2102, ... on loopback.
+    #[arg(short = 'h', long = "hostfile")]
+    hostfile: Option<PathBuf>,
+    /// Treat any per-item error as a failure of the run.
+    #[arg(long)]
+    strict: bool,
+    /// No progress display.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCVTP_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn load_graph(args: &GraphArgs) -> Result<graph::Graph, ExitCode> {
+    graph::load(&args.graph, &args.set).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(args) => match load_graph(&args) {
+            Ok(g) => {
+                print!("{}", g.describe());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::DemoData { out, seed } => match locvtp_media::synth::write_demo_set(&out, seed) {
+            Ok(m) => {
+                eprintln!("demo set: {} videos in {}", m.videos.len(), out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => {
+            let graph = match load_graph(&args.graph) {
+                Ok(g) => g,
+                Err(code) => return code,
+            };
+            let cluster = run::Cluster {
+                threads: args.threads.max(1),
+                processes: args.processes.max(1),
+                process: args.process,
+                hostfile: args.hostfile.clone(),
+            };
+            let flags = run::RunFlags { strict: args.strict, quiet: args.quiet, resume_only: false };
+            match run::run(&graph, &cluster, &flags) {
+                Ok(summary) => {
+                    if !cluster.is_first_process() {
+                        return ExitCode::SUCCESS;
+                    }
+                    summary.print_table();
+                    match summary.write(&graph.run.output_dir) {
+                        Ok(p) => eprintln!("summary: {}", p.display()),
+                        Err(e) => eprintln!("error: cannot write the summary: {e:#}"),
+                    }
+                    let nothing_done = summary.videos.processed + summary.videos.skipped == 0 && summary.videos.total > 0;
+                    if let Some(f) = &summary.fatal {
+                        eprintln!("error: {f}");
+                        ExitCode::FAILURE
+                    } else if nothing_done {
+                        eprintln!("error: no video could be processed");
+                        ExitCode::FAILURE
+                    } else if flags.strict && summary.videos.failed > 0 {
+                        eprintln!("error: {} items failed and --strict is set", summary.videos.failed);
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    if e.downcast_ref::<run::ConfigError>().is_some() {
+                        ExitCode::from(2)
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    }
+}

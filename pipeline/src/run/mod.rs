@@ -1,0 +1,113 @@
+//! Running a validated graph: cluster set-up, the topology's driver, the
+//! summary, and how failures map to exit codes.
+
+mod extract;
+mod listing;
+mod progress;
+pub mod summary;
+
+use crate::graph::{Graph, StageOptions};
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+/// Timely's own cluster options: `-w` threads per process, `-n` processes,
+/// `-p` this process's index, `-h` a hostfile of `host:port` lines.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub threads: usize,
+    pub processes: usize,
+    pub process: usize,
+    pub hostfile: Option<PathBuf>,
+}
+
+impl Cluster {
+    pub fn is_first_process(&self) -> bool {
+        self.process == 0
+    }
+
+    pub fn workers(&self) -> usize {
+        self.threads * self.processes
+    }
+
+    pub fn addresses(&self) -> Result<Vec<String>> {
+        match &self.hostfile {
+            None => Ok((0..self.processes).map(|i| format!("127.0.0.1:{}", 2101 + i)).collect()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("{}: cannot read hostfile: {e}", path.display()))?;
+                let hosts: Vec<String> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from)
+                    .collect();
+                if hosts.len() < self.processes {
+                    bail!("{}: {} addresses for -n {}", path.display(), hosts.len(), self.processes);
+                }
+                Ok(hosts.into_iter().take(self.processes).collect())
+            }
+        }
+    }
+
+    pub fn timely_config(&self) -> Result<timely::Config> {
+        use timely::CommunicationConfig;
+        if self.process >= self.processes {
+            bail!("-p {} is out of range for -n {}", self.process, self.processes);
+        }
+        let communication = if self.processes > 1 {
+            CommunicationConfig::Cluster {
+                threads: self.threads,
+                process: self.process,
+                addresses: self.addresses()?,
+                report: false,
+                zerocopy: false,
+            }
+        } else if self.threads > 1 {
+            CommunicationConfig::Process(self.threads)
+        } else {
+            CommunicationConfig::Thread
+        };
+        Ok(timely::Config { communication, worker: timely::WorkerConfig::default() })
+    }
+}
+
+/// Flags of `locvtp-flow run` beyond the graph.
+#[derive(Debug, Clone, Default)]
+pub struct RunFlags {
+    /// Any per-item error fails the run.
+    pub strict: bool,
+    /// No progress display.
+    pub quiet: bool,
+    pub resume_only: bool,
+}
+
+/// A problem found before any work started (exit code 2).
+#[derive(Debug)]
+pub struct ConfigError(pub anyhow::Error);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    pub fn wrap(e: anyhow::Error) -> anyhow::Error {
+        anyhow::Error::new(ConfigError(e))
+    }
+}
+
+/// Runs `graph`; the summary says what happened, per item.
+pub fn run(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result<summary::RunSummary> {
+    let is_extract = graph.stages.iter().any(|s| matches!(s.options, StageOptions::Hdf5Writer(_)));
+    if is_extract {
+        extract::run_extract(graph, cluster, flags)
+    } else {
+        Err(ConfigError::wrap(anyhow::anyhow!(
+            "{}: this graph has no runnable topology (an extraction graph ends in an hdf5_writer)",
+            graph.file.display()
+        )))
+    }
+}

@@ -1,0 +1,80 @@
+//! Run progress: a bar with rate and ETA on a terminal, plain periodic log
+//! lines otherwise.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use locvtp_operators::RunStats;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Progress {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    /// Starts reporting `stats` against `total` videos until dropped.
+    pub fn start(stats: Arc<RunStats>, total: u64, log_every: Duration, quiet: bool) -> Progress {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = (!quiet).then(|| {
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let done = |s: &RunStats| RunStats::get(&s.videos_done) + RunStats::get(&s.videos_failed);
+                if std::io::stderr().is_terminal() {
+                    let bar = ProgressBar::new(total);
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "{elapsed_precise} [{bar:30}] {pos}/{len} videos {per_sec} ETA {eta} {msg}",
+                        )
+                        .expect("static template")
+                        .progress_chars("=> "),
+                    );
+                    while !flag.load(Ordering::Relaxed) {
+                        bar.set_position(done(&stats));
+                        let clips = RunStats::get(&stats.clips_encoded);
+                        bar.set_message(format!(
+                            "| {clips} clips, {:.1} clips/s, {} failed",
+                            clips as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                            RunStats::get(&stats.videos_failed)
+                        ));
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    bar.set_position(done(&stats));
+                    bar.finish();
+                } else {
+                    let mut last = Instant::now();
+                    while !flag.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(100));
+                        if last.elapsed() < log_every {
+                            continue;
+                        }
+                        last = Instant::now();
+                        let n = done(&stats);
+                        let secs = started.elapsed().as_secs_f64();
+                        let rate = n as f64 / secs.max(1e-9);
+                        let eta = if rate > 0.0 { (total.saturating_sub(n)) as f64 / rate } else { f64::NAN };
+                        tracing::info!(
+                            "progress: {n}/{total} videos, {} clips, {:.2} videos/s, ETA {:.0}s, {} failed",
+                            RunStats::get(&stats.clips_encoded),
+                            rate,
+                            eta,
+                            RunStats::get(&stats.videos_failed)
+                        );
+                    }
+                }
+            })
+        });
+        Progress { stop, thread }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! One sequential FFmpeg pass over a video: demux, decode, then resize the
+//! short side to `frame_size` (bilinear) and centre-crop to a square inside
+//! libavfilter (scale + crop run on FFmpeg's optimised paths, never at full
+//! resolution in Rust loops). Frames leave as packed RGB24 u8.
+
+use anyhow::{anyhow, bail, Context, Result};
+use ffmpeg::format::Pixel;
+use ffmpeg::util::frame::video::Video as VideoFrame;
+use ffmpeg_next as ffmpeg;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Once;
+
+/// How frames are decoded and shaped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecodeOptions {
+    /// Side of the square output frames (112 for C3D).
+    pub frame_size: u32,
+    /// FFmpeg's own decoding threads for this video (0 = FFmpeg decides).
+    pub codec_threads: usize,
+    /// Frames per [`FrameChunk`] handed to the caller.
+    pub chunk_frames: usize,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            frame_size: 112,
+            codec_threads: 1,
+            chunk_frames: 16,
+        }
+    }
+}
+
+/// What the container says about a video, before decoding it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VideoInfo {
+    pub width: u32,
+    pub height: u32,
+    /// Average frame rate from the stream (frames / second).
+    pub fps: f64,
+    /// Duration in seconds (stream duration, else container duration).
+    pub duration_s: f64,
+    /// Frame count the container declares; 0 when unknown.
+    pub declared_frames: u64,
+    pub codec: String,
+    /// Display rotation in degrees (counter-clockwise), from side data.
+    pub rotation: i32,
+}
+
+/// Consecutive decoded frames of one video, packed `[n, size, size, 3]`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FrameChunk {
+    /// Index of the first frame of the chunk in decode order.
+    pub first_index: u64,
+    pub frame_size: u32,
+    pub pixels: Vec<u8>,
+    /// Presentation time of each frame in seconds, from the stream's
+    /// timestamps (not from an assumed frame rate).
+    pub times_s: Vec<f64>,
+}
+
+impl FrameChunk {
+    pub fn len(&self) -> usize {
+        self.times_s.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.times_s.is_empty()
+    }
+
+    pub fn frame_bytes(&self) -> usize {
+        (self.frame_size * self.frame_size * 3) as usize
+    }
+
+    /// Pixels of the `i`-th frame of the chunk.
+    pub fn frame(&self, i: usize) -> &[u8] {
+        let n = self.frame_bytes();
+        &self.pixels[i * n..(i + 1) * n]
+    }
+}
+
+/// The result of a whole pass.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DecodeSummary {
+    pub info: VideoInfo,
+    pub frames: u64,
+    /// Packets the decoder rejected (corrupt data); the pass went on.
+    pub corrupt_packets: u64,
+    /// True when the caller stopped the pass early.
+    pub stopped: bool,
+}
+
+/// Initialises FFmpeg once per process and quiets its own logging.
+pub fn init_ffmpeg() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let _ = ffmpeg::init();
+        // FFmpeg's own warnings about damaged input would interleave with
+        // our per-item errors; we report those ourselves.
+        ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Fatal);
+    });
+}
+
+fn rational(r: ffmpeg::Rational) -> f64 {
+    if r.denominator() == 0 {
+        0.0
+    } else {
+        r.numerator() as f64 / r.denominator() as f64
+    }
+}
+
+fn display_rotation(stream: &ffmpeg::format::stream::Stream) -> i32 {
+    for sd in stream.side_data() {
+        if sd.kind() == ffmpeg::codec::packet::side_data::Type::DisplayMatrix
+            && sd.data().len() >= 36
+        {
+            let angle =
+                unsafe { ffmpeg::ffi::av_display_rotation_get(sd.data().as_ptr() as *const i32) };
+            if angle.is_finite() {
+                return (angle.round() as i32).rem_euclid(360);
+            }
+        }
+    }
+    0
+}
+
+fn open(path: &Path) -> Result<ffmpeg::format::context::Input> {
+    init_ffmpeg();
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if meta.len() == 0 {
+        bail!("{}: empty file (0 bytes)", path.display());
+    }
+    ffmpeg::format::input(&path)
+        .map_err(|e| anyhow!("{}: not a readable media file: {e}", path.display()))
+}
+
+fn info_of(ictx: &ffmpeg::format::context::Input, path: &Path) -> Result<(usize, VideoInfo)> {
+    let stream = ictx
+        .streams()
+        .best(ffmpeg::media::Type::Video)
+        .ok_or_else(|| anyhow!("{}: no video stream", path.display()))?;
+    let params = stream.parameters();
+    let ctx = ffmpeg::codec::context::Context::from_parameters(params)
+        .map_err(|e| anyhow!("{}: unusable video stream: {e}", path.display()))?;
+    let dec = ctx
+        .decoder()
+        .video()
+        .map_err(|e| anyhow!("{}: no decoder for the video stream: {e}", path.display()))?;
+    let tb = rational(stream.time_base());
+    let stream_duration = if stream.duration() > 0 {
+        stream.duration() as f64 * tb
+    } else {
+        0.0
+    };
+    let container_duration = if ictx.duration() > 0 {
+        ictx.duration() as f64 / f64::from(ffmpeg::ffi::AV_TIME_BASE)
+    } else {
+        0.0
+    };
+    let mut fps = rational(stream.avg_frame_rate());
+    if fps <= 0.0 {
+        fps = rational(stream.rate());
+    }
+    let info = VideoInfo {
+        width: dec.width(),
+        height: dec.height(),
+        fps,
+        duration_s: if stream_duration > 0.0 {
+            stream_duration
+        } else {
+            container_duration
+        },
+        declared_frames: stream.frames().max(0) as u64,
+        codec: dec
+            .codec()
+            .map(|c| c.name().to_string())
+            .unwrap_or_default(),
+        rotation: display_rotation(&stream),
+    };
+    if info.width == 0 || info.height == 0 {
+        bail!("{}: video stream has no frame size", path.display());
+    }
+    Ok((stream.index(), info))
+}
+
+/// Reads the container's metadata without decoding frames.
+pub fn probe(path: &Path) -> Result<VideoInfo> {
+    let ictx = open(path)?;
+    Ok(info_of(&ictx, path)?.1)
+}
+
+/// Filter chain: optional rotation to the display orientation, bilinear
+/// resize of the short side to `size`, centre crop, packed RGB.
+fn filter_spec(width: u32, height: u32, rotation: i32, size: u32) -> String {
+    let (rot, w, h) = match rotation {
+        90 => ("transpose=cclock,", height, width),
+        270 => ("transpose=clock,", height, width),
+        180 => ("hflip,vflip,", width, height),
+        _ => ("", width, height),
+    };
+    // Scale so that the short side is exactly `size`, keeping the aspect.
+    let (sw, sh) = if w >= h {
+        (
+            ((w as f64 * size as f64 / h as f64).round() as u32).max(size),
+            size,
+        )
+    } else {
+        (
+            size,
+            ((h as f64 * size as f64 / w as f64).round() as u32).max(size),
+        )
+    };
+    format!("{rot}scale={sw}:{sh}:flags=bilinear,crop={size}:{size}")
+}
+
+struct Shaper {
+    graph: ffmpeg::filter::Graph,
+    key: (u32, u32, Pixel),
+    time_base: f64,
+}
+
+impl Shaper {
+    fn new(
+        frame: &VideoFrame,
+        time_base: ffmpeg::Rational,
+        rotation: i32,
+        size: u32,
+    ) -> Result<Shaper> {
+        let mut graph = ffmpeg::filter::Graph::new();
+        let pix: ffmpeg::ffi::AVPixelFormat = frame.format().into();
+        let args = format!(
+            "video_size={}x{}:pix_fmt={}:time_base={}/{}:pixel_aspect=1/1",
+            frame.width(),
+            frame.height(),
+            pix as i32,
+            time_base.numerator(),
+            time_base.denominator().max(1)
+        );
+        let buffer = ffmpeg::filter::find("buffer")
+            .ok_or_else(|| anyhow!("FFmpeg lacks the buffer filter"))?;
+        let sink = ffmpeg::filter::find("buffersink")
+            .ok_or_else(|| anyhow!("FFmpeg lacks the buffersink filter"))?;
+        graph.add(&buffer, "in", &args)?;
+        graph.add(&sink, "out", "")?;
+        graph
+            .get("out")
+            .expect("sink just added")
+            .set_pixel_format(Pixel::RGB24);
+        let spec = filter_spec(frame.width(), frame.height(), rotation, size);
+        graph.output("in", 0)?.input("out", 0)?.parse(&spec)?;
+        graph.validate()?;
+        Ok(Shaper {
+            graph,
+            key: (frame.width(), frame.height(), frame.format()),
+            time_base: rational(time_base),
+        })
+    }
+}
+
+/// Accumulates shaped frames into chunks for the caller.
+struct ChunkSink<'a, F: FnMut(FrameChunk) -> ControlFlow<()>> {
+    size: u32,
+    chunk_frames: usize,
+    next_index: u64,
+    pending: FrameChunk,
+    on_chunk: &'a mut F,
+    stopped: bool,
+}
+
+impl<F: FnMut(FrameChunk) -> ControlFlow<()>> ChunkSink<'_, F> {
+    fn push(&mut self, rgb: &VideoFrame, time_s: f64) {
+        let row = (self.size * 3) as usize;
+        let stride = rgb.stride(0);
+        let data = rgb.data(0);
+        for y in 0..self.size as usize {
+            self.pending
+                .pixels
+                .extend_from_slice(&data[y * stride..y * stride + row]);
+        }
+        self.pending.times_s.push(time_s);
+        self.next_index += 1;
+        if self.pending.len() >= self.chunk_frames {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.pending.is_empty() || self.stopped {
+            return;
+        }
+        let fresh = FrameChunk {
+            first_index: self.next_index,
+            frame_size: self.size,
+            pixels: Vec::with_capacity(self.chunk_frames * (self.size * self.size * 3) as usize),
+            times_s: Vec::with_capacity(self.chunk_frames),
+        };
+        let chunk = std::mem::replace(&mut self.pending, fresh);
+        if (self.on_chunk)(chunk).is_break() {
+            self.stopped = true;
+        }
+    }
+}
+
+/// Decodes `path` in one sequential pass and hands the shaped frames to
+/// `on_chunk` in order, `opts.chunk_frames` at a time. `on_chunk` may stop
+/// the pass by returning `Break`. Damaged packets are skipped and counted;
+/// a video that yields no frame at all is an error.
+pub fn decode_video<F>(path: &Path, opts: &DecodeOptions, mut on_chunk: F) -> Result<DecodeSummary>
+where
+    F: FnMut(FrameChunk) -> ControlFlow<()>,
+{
+    let mut ictx = open(path)?;
+    let (index, info) = info_of(&ictx, path)?;
+    let (time_base, mut decoder) = {
+        let stream = ictx.stream(index).expect("index from best()");
+        let mut ctx = ffmpeg::codec::context::Context::from_parameters(stream.parameters())?;
+        ctx.set_threading(ffmpeg::codec::threading::Config {
+            kind: ffmpeg::codec::threading::Type::Frame,
+            count: opts.codec_threads,
+            ..Default::default()
+        });
+        (stream.time_base(), ctx.decoder().video()?)
+    };
+    let size = opts.frame_size;
+    let mut sink = ChunkSink {
+        size,
+        chunk_frames: opts.chunk_frames.max(1),
+        next_index: 0,
+        pending: FrameChunk {
+            first_index: 0,
+            frame_size: size,
+            pixels: Vec::new(),
+            times_s: Vec::new(),
+        },
+        on_chunk: &mut on_chunk,
+        stopped: false,
+    };
+    let mut shaper: Option<Shaper> = None;
+    let mut decoded = VideoFrame::empty();
+    let mut rgb = VideoFrame::empty();
+    let mut corrupt_packets = 0u64;
+    let mut last_time = f64::NEG_INFINITY;
+
+    let mut drain = |decoder: &mut ffmpeg::decoder::Video,
+                     shaper: &mut Option<Shaper>,
+                     sink: &mut ChunkSink<'_, F>|
+     -> Result<()> {
+        while !sink.stopped && decoder.receive_frame(&mut decoded).is_ok() {
+            let key = (decoded.width(), decoded.height(), decoded.format());
+            if shaper.as_ref().map(|s| s.key) != Some(key) {
+                // The first frame, or a mid-stream change of size or pixel
+                // format: (re)build the chain for the new input.
+                *shaper = Some(Shaper::new(&decoded, time_base, info.rotation, size)?);
+            }
+            let sh = shaper.as_mut().expect("built above");
+            let ts = decoded.timestamp().or(decoded.pts());
+            decoded.set_pts(ts);
+            sh.graph.get("in").expect("source").source().add(&decoded)?;
+            while sh
+                .graph
+                .get("out")
+                .expect("sink")
+                .sink()
+                .frame(&mut rgb)
+                .is_ok()
+            {
+                let t = match rgb.pts() {
+                    Some(p) => p as f64 * sh.time_base,
+                    None => sink.next_index as f64 / info.fps.max(1e-9),
+                };
+                // Timestamps must not run backwards for the sampler; a
+                // damaged stream that repeats one is nudged forward.
+                let t = if t > last_time { t } else { last_time + 1e-6 };
+                last_time = t;
+                sink.push(&rgb, t);
+                if sink.stopped {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    };
+
+    for (stream, packet) in ictx.packets() {
+        if stream.index() != index {
+            continue;
+        }
+        let mut sent = decoder.send_packet(&packet);
+        if matches!(sent, Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::util::error::EAGAIN)
+        {
+            // The decoder's output is full: take its frames, then resend.
+            drain(&mut decoder, &mut shaper, &mut sink)?;
+            sent = decoder.send_packet(&packet);
+        }
+        if let Err(e) = sent {
+            corrupt_packets += 1;
+            tracing::debug!("{}: packet rejected: {e}", path.display());
+            continue;
+        }
+        drain(&mut decoder, &mut shaper, &mut sink)?;
+        if sink.stopped {
+            break;
+        }
+    }
+    if !sink.stopped {
+        let _ = decoder.send_eof();
+        drain(&mut decoder, &mut shaper, &mut sink)?;
+        sink.flush();
+    }
+    if sink.next_index == 0 {
+        bail!(
+            "{}: no decodable video frame ({} damaged packets)",
+            path.display(),
+            corrupt_packets
+        );
+    }
+    Ok(DecodeSummary {
+        info,
+        frames: sink.next_index,
+        corrupt_packets,
+        stopped: sink.stopped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_keeps_aspect_and_crops_square() {
+        assert_eq!(
+            filter_spec(1280, 720, 0, 112),
+            "scale=199:112:flags=bilinear,crop=112:112"
+        );
+        assert_eq!(
+            filter_spec(240, 320, 0, 112),
+            "scale=112:149:flags=bilinear,crop=112:112"
+        );
+        assert_eq!(
+            filter_spec(1280, 720, 90, 112),
+            "transpose=cclock,scale=112:199:flags=bilinear,crop=112:112"
+        );
+        assert_eq!(
+            filter_spec(100, 100, 0, 112),
+            "scale=112:112:flags=bilinear,crop=112:112"
+        );
+    }
+
+    #[test]
+    fn missing_and_empty_files_are_named_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.mp4");
+        std::fs::write(&empty, b"").unwrap();
+        let err = probe(&empty).unwrap_err().to_string();
+        assert!(
+            err.contains("empty.mp4") && err.contains("0 bytes"),
+            "{err}"
+        );
+        let junk = dir.path().join("junk.mp4");
+        std::fs::write(
+            &junk,
+            (0..4096u32)
+                .map(|i| (i * 7919 % 251) as u8)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let err = decode_video(&junk, &DecodeOptions::default(), |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("junk.mp4"), "{err}");
+    }
+}

@@ -1,0 +1,88 @@
+//! Model settings: the released LocVTP values (`configs/c3d-full.toml`) and
+//! smaller widths for demos and tests, read from TOML.
+
+use serde::{Deserialize, Serialize};
+
+/// C3D widths. The released network uses `[64, 128, 256, 512, 512]` and a
+/// 4096-d fc6; tests and the CPU demo shrink both to run in seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct C3dConfig {
+    /// Output channels of conv1, conv2, conv3{a,b}, conv4{a,b}, conv5{a,b}.
+    pub channels: [i64; 5],
+    /// Width of fc6 (the clip feature) and fc7.
+    pub fc_dim: i64,
+    /// Width of fc8 (the Sports-1M classifier, kept only for checkpoint
+    /// compatibility).
+    pub num_classes: i64,
+}
+
+impl Default for C3dConfig {
+    fn default() -> Self {
+        C3dConfig { channels: [64, 128, 256, 512, 512], fc_dim: 4096, num_classes: 487 }
+    }
+}
+
+/// Everything that decides tensor shapes in a LocVTP checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub c3d: C3dConfig,
+    /// D, the joint embedding size.
+    pub projection_dim: i64,
+    /// Dropout inside the projection heads.
+    pub dropout: f64,
+    /// Hidden size of the text encoder feeding the text projection (768 for
+    /// DistilBERT-base, 384 for all-MiniLM-L6-v2).
+    pub text_dim: i64,
+    /// T, segments per training sample (sizes the splice predictor).
+    pub num_segments: i64,
+    /// F, frames per segment / extraction clip.
+    pub frames_per_segment: i64,
+    /// Side of the square input frames.
+    pub frame_size: i64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            c3d: C3dConfig::default(),
+            projection_dim: 256,
+            dropout: 0.1,
+            text_dim: 768,
+            num_segments: 10,
+            frames_per_segment: 16,
+            frame_size: 112,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Reads a model configuration from a TOML file; unknown keys are errors.
+    pub fn from_toml_file(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read model config: {e}", path.display()))?;
+        Self::from_toml_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    pub fn from_toml_str(text: &str) -> anyhow::Result<Self> {
+        let wrapper: ModelFile = toml::from_str(text)?;
+        Ok(wrapper.model)
+    }
+
+    /// Size of C3D's flattened pool5 volume: conv5 channels x 1 x 4 x 4 for
+    /// a 16x112x112 clip.
+    pub fn pool5_dim(&self) -> i64 {
+        // pool1 keeps time; pool2..pool4 halve time and space; pool5 halves
+        // again with one pixel of spatial padding.
+        let t = (self.frames_per_segment / 16).max(1);
+        let s = (self.frame_size / 16) / 2 + 1;
+        self.c3d.channels[4] * t * s * s
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelFile {
+    model: ModelConfig,
+}

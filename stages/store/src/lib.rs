@@ -1,0 +1,158 @@
+//! Feature output: one HDF5 file per run, one group per video holding
+//! `c3d_features` `[num_clips, dim]` float32, as 2D-TAN style grounding code
+//! reads it.
+//!
+//! Finished videos first go to an append-only spool beside the output
+//! (zstd-compressed, checksummed records). The spool survives a crash: a
+//! restarted run reads back every complete record and skips those videos.
+//! When the run ends the HDF5 file is assembled from the spool under a
+//! temporary name and renamed into place, so the final path never holds a
+//! half-written file.
+
+pub mod spool;
+
+pub use spool::{Spool, SpoolRecord};
+
+use anyhow::{bail, Context, Result};
+use hdf5::types::VarLenUnicode;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// Attributes shared by every video of a run.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunAttrs {
+    pub clip_frames: u32,
+    pub stride: u32,
+    /// `projection` or `fc6`.
+    pub layer: String,
+    /// SHA-256 of the checkpoint, or `random-init:<seed>`.
+    pub checkpoint: String,
+}
+
+/// `dir/.name.partial`, the name a file has until it is complete.
+pub fn temporary_sibling(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.partial"))
+}
+
+/// The spool that belongs to an output file.
+pub fn spool_path(output: &Path) -> PathBuf {
+    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    output.with_file_name(format!(".{name}.spool"))
+}
+
+fn str_attr(loc: &hdf5::Location, name: &str, value: &str) -> Result<()> {
+    let v = VarLenUnicode::from_str(value).map_err(|e| anyhow::anyhow!("attribute {name}: {e}"))?;
+    loc.new_attr::<VarLenUnicode>().create(name)?.write_scalar(&v)?;
+    Ok(())
+}
+
+/// Writes the HDF5 file from the records (in the given order), atomically.
+pub fn write_hdf5(path: &Path, dataset: &str, run: &RunAttrs, records: &[SpoolRecord]) -> Result<()> {
+    let tmp = temporary_sibling(path);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let file = hdf5::File::create(&tmp).with_context(|| format!("{}: cannot create HDF5 file", tmp.display()))?;
+        file.new_attr::<u32>().create("clip_frames")?.write_scalar(&run.clip_frames)?;
+        file.new_attr::<u32>().create("stride")?.write_scalar(&run.stride)?;
+        str_attr(&file, "layer", &run.layer)?;
+        str_attr(&file, "checkpoint", &run.checkpoint)?;
+        for r in records {
+            if r.features.len() != r.num_clips as usize * r.dim as usize {
+                bail!("video {}: {} values for {} clips of dim {}", r.video_id, r.features.len(), r.num_clips, r.dim);
+            }
+            let group = file
+                .create_group(&r.video_id)
+                .with_context(|| format!("{}: cannot create group {:?}", tmp.display(), r.video_id))?;
+            let ds = group
+                .new_dataset::<f32>()
+                .shape([r.num_clips as usize, r.dim as usize])
+                .create(dataset)?;
+            ds.write_raw(r.features.as_slice())?;
+            ds.new_attr::<f64>().create("fps")?.write_scalar(&r.fps)?;
+            ds.new_attr::<u64>().create("frames")?.write_scalar(&r.frames)?;
+            ds.new_attr::<u32>().create("clip_frames")?.write_scalar(&run.clip_frames)?;
+            ds.new_attr::<u32>().create("stride")?.write_scalar(&run.stride)?;
+            str_attr(&ds, "checkpoint", &run.checkpoint)?;
+        }
+        file.flush()?;
+    }
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    Ok(())
+}
+
+/// Features of one video as stored: (values row-major, [num_clips, dim]).
+pub fn read_features(path: &Path, video_id: &str, dataset: &str) -> Result<(Vec<f32>, [usize; 2])> {
+    let file = hdf5::File::open(path).with_context(|| format!("{}: cannot open HDF5 file", path.display()))?;
+    let ds = file
+        .dataset(&format!("{video_id}/{dataset}"))
+        .with_context(|| format!("{}: no dataset {video_id}/{dataset}", path.display()))?;
+    let shape = ds.shape();
+    if shape.len() != 2 {
+        bail!("{}: {video_id}/{dataset} has {} dimensions, expected 2", path.display(), shape.len());
+    }
+    Ok((ds.read_raw::<f32>()?, [shape[0], shape[1]]))
+}
+
+/// Video ids (groups) in a feature file, sorted.
+pub fn list_videos(path: &Path) -> Result<Vec<String>> {
+    let file = hdf5::File::open(path).with_context(|| format!("{}: cannot open HDF5 file", path.display()))?;
+    let mut names = file.member_names()?;
+    names.sort();
+    Ok(names)
+}
+
+/// Every video's features, keyed by id.
+pub fn read_all(path: &Path, dataset: &str) -> Result<BTreeMap<String, (Vec<f32>, [usize; 2])>> {
+    list_videos(path)?.into_iter().map(|v| Ok((v.clone(), read_features(path, &v, dataset)?))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, clips: u32, dim: u32, base: f32) -> SpoolRecord {
+        SpoolRecord {
+            video_id: id.into(),
+            num_clips: clips,
+            dim,
+            fps: 25.0,
+            frames: 40,
+            features: (0..clips * dim).map(|i| base + i as f32 * 0.5).collect(),
+        }
+    }
+
+    #[test]
+    fn hdf5_round_trip_with_groups_shapes_and_attributes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out/features.h5");
+        let run = RunAttrs { clip_frames: 16, stride: 16, layer: "projection".into(), checkpoint: "abc".into() };
+        let recs = vec![record("vidA", 3, 4, 0.0), record("-vidB_x", 1, 4, 7.0)];
+        write_hdf5(&path, "c3d_features", &run, &recs).unwrap();
+        assert!(!temporary_sibling(&path).exists());
+        assert_eq!(list_videos(&path).unwrap(), vec!["-vidB_x".to_string(), "vidA".to_string()]);
+        let (vals, shape) = read_features(&path, "vidA", "c3d_features").unwrap();
+        assert_eq!(shape, [3, 4]);
+        assert_eq!(vals, recs[0].features);
+        let file = hdf5::File::open(&path).unwrap();
+        let ds = file.dataset("vidA/c3d_features").unwrap();
+        assert_eq!(ds.attr("fps").unwrap().read_scalar::<f64>().unwrap(), 25.0);
+        let ck: VarLenUnicode = ds.attr("checkpoint").unwrap().read_scalar().unwrap();
+        assert_eq!(ck.as_str(), "abc");
+    }
+
+    #[test]
+    fn duplicate_video_ids_are_an_error_naming_the_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.h5");
+        let recs = vec![record("v", 1, 2, 0.0), record("v", 1, 2, 1.0)];
+        let err = format!("{:#}", write_hdf5(&path, "c3d_features", &RunAttrs::default(), &recs).unwrap_err());
+        assert!(err.contains("\"v\""), "{err}");
+        assert!(!path.exists(), "a failed assembly must not leave a final file");
+    }
+}
