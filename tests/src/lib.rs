@@ -1,1 +1,93 @@
+//! Helpers shared by the integration tests: the built `locvtp-flow` binary,
+//! freshly generated videos, graph files written for a temporary folder, and
+//! an independent frame count from ffprobe.
 
+use locvtp_media::synth::{Background, Colour, Motion, Scene, Shape, SynthSpec};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the repository").to_path_buf()
+}
+
+/// The `locvtp-flow` binary of the same build as the running test.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/locvtp-flow
+    let bin = exe.parent().and_then(Path::parent).expect("target folder").join("locvtp-flow");
+    assert!(bin.exists(), "{} is missing: build it first with `cargo build -p locvtp-flow`", bin.display());
+    bin
+}
+
+/// Runs `locvtp-flow ARGS` in `cwd` and returns its output.
+pub fn run_flow(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .current_dir(cwd)
+        .env("LOCVTP_LOG", "warn")
+        .output()
+        .expect("run locvtp-flow")
+}
+
+/// A short video with one moving shape.
+pub fn make_video(path: &Path, width: u32, height: u32, fps: (i32, i32), seconds: f64) -> u64 {
+    let scene = Scene {
+        start_s: 0.0,
+        end_s: seconds,
+        shape: Shape::Circle,
+        colour: Colour::Red,
+        motion: Motion::Right,
+        background: Background::Navy,
+    };
+    let spec = SynthSpec::new(width, height, fps, seconds, vec![scene]);
+    locvtp_media::synth::write_video(&spec, path).expect("write test video")
+}
+
+/// Frames in a video's first video stream, counted by ffprobe decoding it:
+/// a count that owes nothing to this project's decoder.
+pub fn ffprobe_frames(path: &Path) -> u64 {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("ffprobe is installed by scripts/setup.sh");
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("ffprobe frame count")
+}
+
+/// An extraction graph over `videos`, writing to `out`, with the tiny model.
+pub fn extract_graph(videos: &Path, out: &Path, extra: &str) -> String {
+    format!(
+        r#"[run]
+output_dir = "{out}"
+max_in_flight = 3
+
+[stages.videos]
+type = "video_files"
+dir = "{videos}"
+
+[stages.decode]
+type = "decode"
+inputs = ["videos"]
+threads = 2
+
+[stages.clips]
+type = "dense_clips"
+inputs = ["decode"]
+
+[stages.encode]
+type = "c3d_encode"
+inputs = ["clips"]
+model = "{model}"
+device = "cpu"
+batch_size = 4
+{extra}
+[stages.write]
+type = "hdf5_writer"
+inputs = ["encode"]
+"#,
+        out = out.display(),
+        videos = videos.display(),
+        model = repo().join("configs/c3d-tiny.toml").display(),
+    )
+}
