@@ -7,8 +7,11 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
-        // libtorch_cuda and friends are only needed on GPU machines; keep the
-        // linker from dropping them so that CUDA is found when present.
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        // Nothing in our code calls into libtorch_cuda directly, so an
+        // as-needed link would drop it and libtorch would then see no GPU.
+        // Link it unconditionally when the libtorch build has one.
+        if std::path::Path::new(&dir).join("libtorch_cuda.so").exists() {
+            println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+        }
     }
 }

@@ -58,7 +58,18 @@ pub fn decode<'s>(
                             }
                         });
                         let last = match result {
-                            Ok(summary) => FrameMsg::End { video: item.id.clone(), frames: summary.frames, info: summary.info },
+                            Ok(summary) => {
+                                if summary.corrupt_packets > 0 {
+                                    // Kept: the frames before and around the damage are real.
+                                    tracing::warn!(
+                                        "{}: {} damaged or unreadable packets skipped, {} frames decoded",
+                                        item.id,
+                                        summary.corrupt_packets,
+                                        summary.frames
+                                    );
+                                }
+                                FrameMsg::End { video: item.id.clone(), frames: summary.frames, info: summary.info }
+                            }
                             Err(e) => FrameMsg::Failed(ItemError {
                                 video_id: item.id.to_string(),
                                 stage: "decode".into(),

@@ -10,6 +10,7 @@ pub mod decode;
 pub mod encode;
 pub mod messages;
 pub mod stats;
+pub mod train;
 pub mod writer;
 
 pub use messages::{ClipMsg, FeatureMsg, FrameMsg, ItemError, VideoItem};

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
@@ -22,6 +23,10 @@ pub struct WriterConfig {
     pub dataset: String,
     pub run: RunAttrs,
     pub errors_path: PathBuf,
+    /// Set when the run is interrupted. If it is set when the input ends,
+    /// the finished videos stay in the spool for the next run of the same
+    /// command and no HDF5 file is assembled.
+    pub interrupted: Arc<AtomicBool>,
 }
 
 /// What the writer did, read by the driver after the dataflow completes.
@@ -30,6 +35,8 @@ pub struct WriterReport {
     pub written: Option<PathBuf>,
     pub videos_in_file: usize,
     pub error: Option<String>,
+    /// The run was interrupted: finished videos are kept in this spool.
+    pub kept_spool: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -104,6 +111,10 @@ pub fn write_features<'s>(
                 finished = true;
                 if let Some(spool) = spool.take() {
                     let mut r = report.borrow_mut();
+                    if cfg.interrupted.load(Ordering::SeqCst) {
+                        r.kept_spool = Some(spool.path().to_path_buf());
+                        return;
+                    }
                     match assemble(&cfg, &spool) {
                         Ok(n) => {
                             r.written = Some(cfg.path.clone());
@@ -157,10 +168,17 @@ fn finish_video(video: VideoAcc, spool: &mut Spool, errors: &mut ErrorLog, stats
     RunStats::add(&stats.clips_written, clips);
 }
 
+/// Writes the HDF5 file from the spool, one video at a time so that memory
+/// does not grow with the run, then removes the spool.
 fn assemble(cfg: &WriterConfig, spool: &Spool) -> anyhow::Result<usize> {
-    let (mut records, _) = locvtp_store::spool::read_records(spool.path())?;
-    records.sort_by(|a, b| a.video_id.cmp(&b.video_id));
-    locvtp_store::write_hdf5(&cfg.path, &cfg.dataset, &cfg.run, &records)?;
+    let (mut index, _) = locvtp_store::spool::read_index(spool.path())?;
+    // Sorted by id; a video spooled twice (which a well-formed run never
+    // does) keeps its first record rather than failing the whole file.
+    index.sort_by(|a, b| a.video_id.cmp(&b.video_id));
+    index.dedup_by(|later, first| later.video_id == first.video_id);
+    let mut file = std::fs::File::open(spool.path())?;
+    let records = index.iter().map(|r| locvtp_store::spool::read_record_at(&mut file, r.offset));
+    locvtp_store::write_hdf5_from(&cfg.path, &cfg.dataset, &cfg.run, records)?;
     std::fs::remove_file(spool.path())?;
-    Ok(records.len())
+    Ok(index.len())
 }

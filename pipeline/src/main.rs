@@ -21,7 +21,9 @@ Examples:
   locvtp-flow run graphs/extract.toml -n 4 -p 2 -h hosts.txt   # process 2 of 4 on several machines
 
 Exit codes: 0 the run completed (individual bad items are listed in errors.jsonl),
-1 the run failed, 2 the graph or a path in it is wrong (nothing was started).";
+1 the run failed, 2 the graph or a path in it is wrong (nothing was started),
+130 stopped by Ctrl-C (143 by SIGTERM): finished work is kept and the same
+command resumes; a second Ctrl-C aborts at once.";
 
 #[derive(Parser)]
 #[command(name = "locvtp-flow", version, about, after_help = EXAMPLES)]
@@ -143,6 +145,9 @@ fn main() -> ExitCode {
                     if let Some(f) = &summary.fatal {
                         eprintln!("error: {f}");
                         ExitCode::FAILURE
+                    } else if summary.interrupted {
+                        eprintln!("interrupted: finished work is kept; run the same command to resume");
+                        ExitCode::from(run::interrupt::exit_code())
                     } else if nothing_done {
                         eprintln!("error: no video could be processed");
                         ExitCode::FAILURE

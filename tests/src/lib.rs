@@ -4,7 +4,7 @@
 
 use locvtp_media::synth::{Background, Colour, Motion, Scene, Shape, SynthSpec};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -28,6 +28,57 @@ pub fn run_flow(cwd: &Path, args: &[&str]) -> Output {
         .env("LOCVTP_LOG", "warn")
         .output()
         .expect("run locvtp-flow")
+}
+
+/// Starts `locvtp-flow ARGS` in `cwd` without waiting for it; its output
+/// goes to `log`.
+pub fn spawn_flow(cwd: &Path, args: &[&str], log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("create log file");
+    Command::new(binary())
+        .args(args)
+        .current_dir(cwd)
+        .env("LOCVTP_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start locvtp-flow")
+}
+
+/// `summary.json` of a run's output folder.
+pub fn read_summary(out: &Path) -> serde_json::Value {
+    let path = out.join("summary.json");
+    let text = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The lines of a run's `errors.jsonl` (none when the file is absent).
+pub fn read_errors(out: &Path) -> Vec<serde_json::Value> {
+    match std::fs::read_to_string(out.join("errors.jsonl")) {
+        Ok(text) => text.lines().map(|l| serde_json::from_str(l).expect("errors.jsonl line is JSON")).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Runs the `ffmpeg` command line quietly, panicking with its messages if
+/// it fails.
+pub fn ffmpeg(args: &[&str]) {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+        .args(args)
+        .output()
+        .expect("ffmpeg is installed by scripts/setup.sh");
+    assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// One value ffprobe reports about a video's first video stream, e.g.
+/// `stream=pix_fmt` (empty when ffprobe reports nothing).
+pub fn ffprobe_value(path: &Path, entry: &str) -> String {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", entry, "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("ffprobe is installed by scripts/setup.sh");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A short video with one moving shape.

@@ -19,8 +19,9 @@ use locvtp_store::{spool_path, RunAttrs, Spool};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::Probe;
 use timely::dataflow::{InputHandle, ProbeHandle, Stream};
@@ -61,11 +62,20 @@ fn layer_name(l: Layer) -> &'static str {
 /// Checks and prepares the extraction run: model configs, checkpoints, the
 /// video listing, output folders and earlier progress. Errors here are
 /// configuration errors (exit code 2).
-fn prepare(graph: &Graph, flags: &RunFlags, cluster: &Cluster, stats: &RunStats) -> Result<(Plan, Vec<locvtp_operators::ItemError>, usize)> {
+fn prepare(
+    graph: &Graph,
+    flags: &RunFlags,
+    cluster: &Cluster,
+    stats: &RunStats,
+    interrupted: &Arc<AtomicBool>,
+) -> Result<(Plan, Vec<locvtp_operators::ItemError>, usize)> {
     let out_dir = &graph.run.output_dir;
-    std::fs::create_dir_all(out_dir).with_context(|| format!("{}: cannot create the output folder", out_dir.display()))?;
+    let file = graph.file.display();
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("{file}: run.output_dir: {}: cannot create the output folder", out_dir.display()))?;
     let probe_file = out_dir.join(".write-test");
-    std::fs::write(&probe_file, b"").with_context(|| format!("{}: output folder is not writable", out_dir.display()))?;
+    std::fs::write(&probe_file, b"")
+        .with_context(|| format!("{file}: run.output_dir: {}: output folder is not writable", out_dir.display()))?;
     let _ = std::fs::remove_file(&probe_file);
 
     let mut listing: Option<Listing> = None;
@@ -136,6 +146,7 @@ fn prepare(graph: &Graph, flags: &RunFlags, cluster: &Cluster, stats: &RunStats)
                         checkpoint,
                     },
                     errors_path: out_dir.join("errors.jsonl"),
+                    interrupted: interrupted.clone(),
                 };
                 if cluster.is_first_process() {
                     let spool_file = spool_path(&o.path);
@@ -143,10 +154,9 @@ fn prepare(graph: &Graph, flags: &RunFlags, cluster: &Cluster, stats: &RunStats)
                         // A finished file from an earlier run is replaced.
                         tracing::info!("{} exists and will be replaced when this run completes", o.path.display());
                     }
-                    let (spool, earlier) = Spool::open(&spool_file)?;
-                    for r in &earlier {
-                        done_ids.insert(r.video_id.clone());
-                    }
+                    let (spool, earlier) = Spool::open_index(&spool_file)
+                        .with_context(|| format!("{file}: stages.{}.path: {}", stage.name, o.path.display()))?;
+                    done_ids.extend(earlier.into_iter().map(|r| r.video_id));
                     spools.insert(stage.name.clone(), spool);
                 }
                 writers.insert(stage.name.clone(), cfg);
@@ -174,9 +184,19 @@ fn prepare(graph: &Graph, flags: &RunFlags, cluster: &Cluster, stats: &RunStats)
 pub fn run_extract(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result<RunSummary> {
     let started = Instant::now();
     let stats = Arc::new(RunStats::default());
-    let (plan, rejected, skipped) = prepare(graph, flags, cluster, &stats).map_err(super::ConfigError::wrap)?;
+    let interrupted = super::interrupt::flag();
+    let (plan, rejected, skipped) =
+        prepare(graph, flags, cluster, &stats, &interrupted).map_err(super::ConfigError::wrap)?;
     if cluster.is_first_process() {
-        let mut log = ErrorLog::new(graph.run.output_dir.join("errors.jsonl"));
+        let errors_path = graph.run.output_dir.join("errors.jsonl");
+        // Failed items are not in the spool, so every run retries them and
+        // logs afresh; lines from an earlier run would repeat or be stale.
+        if let Err(e) = std::fs::remove_file(&errors_path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(anyhow::anyhow!("{}: cannot replace: {e}", errors_path.display()));
+            }
+        }
+        let mut log = ErrorLog::new(errors_path);
         for e in &rejected {
             log.record(e);
         }
@@ -191,7 +211,7 @@ pub fn run_extract(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result
     );
     let reports: Arc<Mutex<Vec<(String, WriterReport)>>> = Arc::new(Mutex::new(Vec::new()));
     {
-        let (plan, stats, reports) = (plan.clone(), stats.clone(), reports.clone());
+        let (plan, stats, reports, interrupted) = (plan.clone(), stats.clone(), reports.clone(), interrupted.clone());
         let guards = timely::execute(cluster.timely_config()?, move |worker| {
             let index = worker.index();
             let peers = worker.peers();
@@ -249,9 +269,16 @@ pub fn run_extract(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result
                 for (t, item) in plan.todo.iter().enumerate() {
                     let t = t as u64;
                     // Back-pressure: wait until the writer has seen every
-                    // video older than the window.
-                    while probe.less_than(&t.saturating_sub(window)) {
-                        worker.step_or_park(None);
+                    // video older than the window. The park is bounded so
+                    // that a stop request is seen while nothing moves.
+                    while probe.less_than(&t.saturating_sub(window)) && !super::interrupt::requested(&interrupted) {
+                        worker.step_or_park(Some(Duration::from_millis(100)));
+                    }
+                    if super::interrupt::requested(&interrupted) {
+                        tracing::warn!(
+                            "interrupted: no new videos are started; finishing those in flight (a second signal aborts at once)"
+                        );
+                        break;
                     }
                     input.send(item.clone());
                     input.advance_to(t + 1);
@@ -263,7 +290,7 @@ pub fn run_extract(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result
             for (name, r) in local_reports {
                 if let Ok(cell) = Rc::try_unwrap(r) {
                     let r = cell.into_inner();
-                    if r.written.is_some() || r.error.is_some() {
+                    if r.written.is_some() || r.error.is_some() || r.kept_spool.is_some() {
                         out.push((name, r));
                     }
                 }
@@ -279,7 +306,16 @@ pub fn run_extract(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result
     let reports = std::mem::take(&mut *reports.lock().unwrap());
     let mut outputs = BTreeMap::new();
     let mut fatal = None;
+    let mut kept = false;
     for (name, r) in reports {
+        if let Some(p) = r.kept_spool {
+            tracing::warn!(
+                "interrupted: {} finished videos are kept in {}; run the same command to resume",
+                RunStats::get(&stats.videos_done) + skipped as u64,
+                p.display()
+            );
+            kept = true;
+        }
         if let Some(p) = r.written {
             outputs.insert(name.clone(), p.display().to_string());
         }
@@ -293,5 +329,9 @@ pub fn run_extract(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result
         skipped: skipped as u64,
         failed: RunStats::get(&stats.videos_failed) + rejected.len() as u64,
     };
-    Ok(RunSummary::new(graph, "extract", cluster, started.elapsed(), videos, &stats, outputs, fatal))
+    let mut summary = RunSummary::new(graph, "extract", cluster, started.elapsed(), videos, &stats, outputs, fatal);
+    // On process 0 the writer decides (it skipped assembly); elsewhere only
+    // the local request is known.
+    summary.interrupted = kept || (!cluster.is_first_process() && super::interrupt::requested(&interrupted));
+    Ok(summary)
 }

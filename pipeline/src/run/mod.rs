@@ -2,7 +2,9 @@
 //! summary, and how failures map to exit codes.
 
 mod extract;
+pub mod interrupt;
 mod listing;
+mod pretrain;
 mod progress;
 pub mod summary;
 
@@ -102,8 +104,11 @@ impl ConfigError {
 /// Runs `graph`; the summary says what happened, per item.
 pub fn run(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result<summary::RunSummary> {
     let is_extract = graph.stages.iter().any(|s| matches!(s.options, StageOptions::Hdf5Writer(_)));
+    let is_pretrain = graph.stages.iter().any(|s| matches!(s.options, StageOptions::Train(_)));
     if is_extract {
         extract::run_extract(graph, cluster, flags)
+    } else if is_pretrain {
+        pretrain::run_pretrain(graph, cluster, flags)
     } else {
         Err(ConfigError::wrap(anyhow::anyhow!(
             "{}: this graph has no runnable topology (an extraction graph ends in an hdf5_writer)",

@@ -33,6 +33,12 @@ pub struct RunSummary {
     pub errors_file: Option<String>,
     /// Set when the run itself failed (as opposed to some of its items).
     pub fatal: Option<String>,
+    /// Stopped by a signal before its input was done; finished work is kept
+    /// and the same command resumes.
+    pub interrupted: bool,
+    /// Training runs: caption clips, steps taken, samples per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub training: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -78,6 +84,8 @@ impl RunSummary {
             outputs,
             errors_file: errors.exists().then(|| errors.display().to_string()),
             fatal,
+            interrupted: false,
+            training: None,
         }
     }
 

@@ -11,6 +11,14 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Once;
 
+/// Frame rate assumed for frames that carry no timestamp in a stream that
+/// declares no rate (FFmpeg's own default for raw streams).
+const FALLBACK_FPS: f64 = 25.0;
+
+/// Consecutive demuxer errors after which a pass gives up on the rest of
+/// the file.
+const MAX_FAILED_READS: u32 = 1000;
+
 /// How frames are decoded and shaped.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DecodeOptions {
@@ -85,7 +93,8 @@ impl FrameChunk {
 pub struct DecodeSummary {
     pub info: VideoInfo,
     pub frames: u64,
-    /// Packets the decoder rejected (corrupt data); the pass went on.
+    /// Packets the demuxer could not read or the decoder rejected (damaged
+    /// or truncated data); the pass went on without them.
     pub corrupt_packets: u64,
     /// True when the caller stopped the pass early.
     pub stopped: bool,
@@ -132,15 +141,64 @@ fn open(path: &Path) -> Result<ffmpeg::format::context::Input> {
     if meta.len() == 0 {
         bail!("{}: empty file (0 bytes)", path.display());
     }
-    ffmpeg::format::input(&path)
-        .map_err(|e| anyhow!("{}: not a readable media file: {e}", path.display()))
+    ffmpeg::format::input(&path).map_err(|e| {
+        let hint = if looks_like_mp4(path) {
+            " (an MP4 without its index, the moov box: a truncated or unfinished file)"
+        } else {
+            ""
+        };
+        anyhow!("{}: not a readable media file: {e}{hint}", path.display())
+    })
+}
+
+/// Whether the file starts like an ISO media file (an `ftyp` box). When
+/// FFmpeg cannot open such a file, the usual cause is a cut-off download
+/// whose index was to be written at the end.
+fn looks_like_mp4(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && &head[4..8] == b"ftyp"
+}
+
+/// The stream to decode: FFmpeg's best video stream, unless that is an
+/// attached picture (the cover art of an audio file), which is a single
+/// still image and not a video.
+fn video_stream<'a>(
+    ictx: &'a ffmpeg::format::context::Input,
+    path: &Path,
+) -> Result<ffmpeg::format::stream::Stream<'a>> {
+    use ffmpeg::format::stream::Disposition;
+    let is_video = |s: &ffmpeg::format::stream::Stream| {
+        s.parameters().medium() == ffmpeg::media::Type::Video
+            && !s.disposition().contains(Disposition::ATTACHED_PIC)
+    };
+    if let Some(best) = ictx
+        .streams()
+        .best(ffmpeg::media::Type::Video)
+        .filter(|s| is_video(s))
+    {
+        return Ok(best);
+    }
+    if let Some(other) = ictx.streams().find(|s| is_video(s)) {
+        return Ok(other);
+    }
+    let has_picture = ictx
+        .streams()
+        .any(|s| s.parameters().medium() == ffmpeg::media::Type::Video);
+    if has_picture {
+        bail!(
+            "{}: no video stream (only an attached cover picture)",
+            path.display()
+        );
+    }
+    bail!("{}: no video stream", path.display())
 }
 
 fn info_of(ictx: &ffmpeg::format::context::Input, path: &Path) -> Result<(usize, VideoInfo)> {
-    let stream = ictx
-        .streams()
-        .best(ffmpeg::media::Type::Video)
-        .ok_or_else(|| anyhow!("{}: no video stream", path.display()))?;
+    let stream = video_stream(ictx, path)?;
     let params = stream.parameters();
     let ctx = ffmpeg::codec::context::Context::from_parameters(params)
         .map_err(|e| anyhow!("{}: unusable video stream: {e}", path.display()))?;
@@ -250,7 +308,14 @@ impl Shaper {
             .set_pixel_format(Pixel::RGB24);
         let spec = filter_spec(frame.width(), frame.height(), rotation, size);
         graph.output("in", 0)?.input("out", 0)?.parse(&spec)?;
-        graph.validate()?;
+        graph.validate().with_context(|| {
+            format!(
+                "cannot convert {}x{} {:?} frames ({spec})",
+                frame.width(),
+                frame.height(),
+                frame.format()
+            )
+        })?;
         Ok(Shaper {
             graph,
             key: (frame.width(), frame.height(), frame.format()),
@@ -315,13 +380,21 @@ where
     let (index, info) = info_of(&ictx, path)?;
     let (time_base, mut decoder) = {
         let stream = ictx.stream(index).expect("index from best()");
-        let mut ctx = ffmpeg::codec::context::Context::from_parameters(stream.parameters())?;
+        let mut ctx = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
+            .map_err(|e| anyhow!("{}: unusable video stream: {e}", path.display()))?;
         ctx.set_threading(ffmpeg::codec::threading::Config {
             kind: ffmpeg::codec::threading::Type::Frame,
             count: opts.codec_threads,
             ..Default::default()
         });
-        (stream.time_base(), ctx.decoder().video()?)
+        let decoder = ctx.decoder().video().map_err(|e| {
+            anyhow!(
+                "{}: cannot open the {} decoder: {e}",
+                path.display(),
+                info.codec
+            )
+        })?;
+        (stream.time_base(), decoder)
     };
     let size = opts.frame_size;
     let mut sink = ChunkSink {
@@ -342,6 +415,13 @@ where
     let mut rgb = VideoFrame::empty();
     let mut corrupt_packets = 0u64;
     let mut last_time = f64::NEG_INFINITY;
+    // Frames without any timestamp (raw elementary streams, some damaged
+    // files) are placed one declared frame interval after the previous one.
+    let frame_step = if info.fps.is_finite() && info.fps > 0.0 {
+        1.0 / info.fps
+    } else {
+        1.0 / FALLBACK_FPS
+    };
 
     let mut drain = |decoder: &mut ffmpeg::decoder::Video,
                      shaper: &mut Option<Shaper>,
@@ -352,12 +432,20 @@ where
             if shaper.as_ref().map(|s| s.key) != Some(key) {
                 // The first frame, or a mid-stream change of size or pixel
                 // format: (re)build the chain for the new input.
-                *shaper = Some(Shaper::new(&decoded, time_base, info.rotation, size)?);
+                *shaper = Some(
+                    Shaper::new(&decoded, time_base, info.rotation, size)
+                        .with_context(|| format!("{}", path.display()))?,
+                );
             }
             let sh = shaper.as_mut().expect("built above");
             let ts = decoded.timestamp().or(decoded.pts());
             decoded.set_pts(ts);
-            sh.graph.get("in").expect("source").source().add(&decoded)?;
+            sh.graph
+                .get("in")
+                .expect("source")
+                .source()
+                .add(&decoded)
+                .with_context(|| format!("{}: frame conversion failed", path.display()))?;
             while sh
                 .graph
                 .get("out")
@@ -368,7 +456,8 @@ where
             {
                 let t = match rgb.pts() {
                     Some(p) => p as f64 * sh.time_base,
-                    None => sink.next_index as f64 / info.fps.max(1e-9),
+                    None if last_time.is_finite() => last_time + frame_step,
+                    None => 0.0,
                 };
                 // Timestamps must not run backwards for the sampler; a
                 // damaged stream that repeats one is nudged forward.
@@ -383,8 +472,27 @@ where
         Ok(())
     };
 
-    for (stream, packet) in ictx.packets() {
-        if stream.index() != index {
+    let mut failed_reads = 0u32;
+    loop {
+        let mut packet = ffmpeg::Packet::empty();
+        match packet.read(&mut ictx) {
+            Ok(()) => failed_reads = 0,
+            Err(ffmpeg::Error::Eof) => break,
+            Err(e) => {
+                // A truncated or damaged container: the demuxer reports the
+                // sample it cannot read and moves on to the next. An error
+                // that repeats without end (an I/O error) ends the pass with
+                // the frames decoded so far.
+                corrupt_packets += 1;
+                failed_reads += 1;
+                tracing::debug!("{}: unreadable packet: {e}", path.display());
+                if failed_reads >= MAX_FAILED_READS {
+                    break;
+                }
+                continue;
+            }
+        }
+        if packet.stream() != index {
             continue;
         }
         let mut sent = decoder.send_packet(&packet);
@@ -441,6 +549,14 @@ mod tests {
         assert_eq!(
             filter_spec(1280, 720, 90, 112),
             "transpose=cclock,scale=112:199:flags=bilinear,crop=112:112"
+        );
+        assert_eq!(
+            filter_spec(97, 55, 270, 112),
+            "transpose=clock,scale=112:198:flags=bilinear,crop=112:112"
+        );
+        assert_eq!(
+            filter_spec(97, 55, 180, 112),
+            "hflip,vflip,scale=198:112:flags=bilinear,crop=112:112"
         );
         assert_eq!(
             filter_spec(100, 100, 0, 112),

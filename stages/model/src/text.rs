@@ -764,6 +764,33 @@ mod tests {
     }
 
     #[test]
+    fn cuda_encoding_matches_cpu() {
+        if !tch::Cuda::is_available() {
+            eprintln!("skipped: no CUDA device");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny(dir.path(), false, "", 3, 16);
+        let texts = ["the cat sat on the mat .", "a dog", ""];
+        let cpu = TextEncoder::load(dir.path(), Device::Cpu)
+            .unwrap()
+            .encode(&texts)
+            .unwrap();
+        let gpu = TextEncoder::load(dir.path(), Device::Cuda(0))
+            .unwrap()
+            .encode(&texts)
+            .unwrap();
+        assert_eq!(gpu.words.device(), Device::Cuda(0));
+        assert!(close(
+            &cpu.sentence,
+            &gpu.sentence.to_device(Device::Cpu),
+            1e-4
+        ));
+        assert!(close(&cpu.words, &gpu.words.to_device(Device::Cpu), 1e-4));
+        assert!(cpu.word_mask.equal(&gpu.word_mask.to_device(Device::Cpu)));
+    }
+
+    #[test]
     fn long_captions_are_truncated_to_the_position_table() {
         let (_d, enc) = tiny(false, "", 6);
         assert_eq!(enc.max_tokens(), 6);

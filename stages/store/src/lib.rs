@@ -50,6 +50,17 @@ fn str_attr(loc: &hdf5::Location, name: &str, value: &str) -> Result<()> {
 
 /// Writes the HDF5 file from the records (in the given order), atomically.
 pub fn write_hdf5(path: &Path, dataset: &str, run: &RunAttrs, records: &[SpoolRecord]) -> Result<()> {
+    write_hdf5_from(path, dataset, run, records.iter().map(|r| Ok(r.clone())))
+}
+
+/// Like [`write_hdf5`], taking the records one at a time (read from a spool
+/// as they are written), so that memory holds one video, not the file.
+pub fn write_hdf5_from(
+    path: &Path,
+    dataset: &str,
+    run: &RunAttrs,
+    records: impl IntoIterator<Item = Result<SpoolRecord>>,
+) -> Result<()> {
     let tmp = temporary_sibling(path);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
@@ -62,6 +73,7 @@ pub fn write_hdf5(path: &Path, dataset: &str, run: &RunAttrs, records: &[SpoolRe
         str_attr(&file, "layer", &run.layer)?;
         str_attr(&file, "checkpoint", &run.checkpoint)?;
         for r in records {
+            let r = r?;
             if r.features.len() != r.num_clips as usize * r.dim as usize {
                 bail!("video {}: {} values for {} clips of dim {}", r.video_id, r.features.len(), r.num_clips, r.dim);
             }
@@ -83,6 +95,11 @@ pub fn write_hdf5(path: &Path, dataset: &str, run: &RunAttrs, records: &[SpoolRe
     }
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    // The rename is durable once the folder's entry is.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(())
 }
 

@@ -62,16 +62,37 @@ impl SpoolRecord {
 pub struct Spool {
     path: PathBuf,
     file: File,
+    /// Bytes of intact records; the file is cut back to this length when an
+    /// append fails, so that later records are not stranded behind a torn one.
+    len: u64,
+}
+
+/// Where an intact record lies in a spool, and whose it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRef {
+    pub video_id: String,
+    pub offset: u64,
 }
 
 impl Spool {
     /// Opens (or creates) the spool and returns the records already in it.
     /// A torn tail from a crash is cut off so that appends start clean.
     pub fn open(path: &Path) -> Result<(Spool, Vec<SpoolRecord>)> {
+        let (records, valid_len) = if path.exists() { read_records(path)? } else { (Vec::new(), 0) };
+        Ok((Spool::open_at(path, valid_len)?, records))
+    }
+
+    /// Like [`Spool::open`], but returns only where the earlier records are,
+    /// so that memory does not grow with the features already spooled.
+    pub fn open_index(path: &Path) -> Result<(Spool, Vec<RecordRef>)> {
+        let (index, valid_len) = if path.exists() { read_index(path)? } else { (Vec::new(), 0) };
+        Ok((Spool::open_at(path, valid_len)?, index))
+    }
+
+    fn open_at(path: &Path, valid_len: u64) -> Result<Spool> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
         }
-        let (records, valid_len) = if path.exists() { read_records(path)? } else { (Vec::new(), 0) };
         let mut file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -81,7 +102,7 @@ impl Spool {
             .with_context(|| format!("{}: cannot open for writing", path.display()))?;
         file.set_len(valid_len)?;
         file.seek(SeekFrom::End(0))?;
-        Ok((Spool { path: path.to_path_buf(), file }, records))
+        Ok(Spool { path: path.to_path_buf(), file, len: valid_len })
     }
 
     /// Appends one record and makes it durable before returning.
@@ -92,8 +113,13 @@ impl Spool {
         buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         buf.extend_from_slice(&payload);
-        self.file.write_all(&buf).with_context(|| format!("{}: append failed", self.path.display()))?;
-        self.file.sync_data()?;
+        let written = self.file.write_all(&buf).and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            let _ = self.file.set_len(self.len);
+            let _ = self.file.seek(SeekFrom::Start(self.len));
+            return Err(e).with_context(|| format!("{}: append failed", self.path.display()));
+        }
+        self.len += buf.len() as u64;
         Ok(())
     }
 
@@ -104,33 +130,76 @@ impl Spool {
 
 /// Every intact record, and the byte length they span.
 pub fn read_records(path: &Path) -> Result<(Vec<SpoolRecord>, u64)> {
-    let f = File::open(path).with_context(|| format!("{}: cannot read spool", path.display()))?;
-    let mut r = BufReader::new(f);
     let mut out = Vec::new();
+    let valid = scan(path, |_, rec| out.push(rec))?;
+    Ok((out, valid))
+}
+
+/// The id and offset of every intact record, and the byte length they
+/// span. Records are checked as [`read_records`] checks them, but only one
+/// is held in memory at a time.
+pub fn read_index(path: &Path) -> Result<(Vec<RecordRef>, u64)> {
+    let mut out = Vec::new();
+    let valid = scan(path, |offset, rec| out.push(RecordRef { video_id: rec.video_id, offset }))?;
+    Ok((out, valid))
+}
+
+/// Reads the record that starts at `offset` (from [`read_index`]).
+pub fn read_record_at(file: &mut File, offset: u64) -> Result<SpoolRecord> {
+    file.seek(SeekFrom::Start(offset))?;
+    let mut r = BufReader::new(file);
+    match next_record(&mut r, u64::MAX)? {
+        Next::Record(rec, _) => Ok(rec),
+        _ => bail!("no intact spool record at offset {offset}"),
+    }
+}
+
+enum Next {
+    Record(SpoolRecord, u64),
+    End,
+    NotASpool,
+}
+
+/// Reads one record; `room` is how many bytes the file has left, so that a
+/// damaged length field cannot make the reader allocate more than that.
+fn next_record(r: &mut impl Read, room: u64) -> Result<Next> {
+    let mut head = [0u8; 12];
+    if r.read_exact(&mut head).is_err() {
+        return Ok(Next::End);
+    }
+    if &head[..4] != MAGIC {
+        return Ok(Next::NotASpool);
+    }
+    let len = u32::from_le_bytes(head[4..8].try_into().unwrap()) as u64;
+    let crc = u32::from_le_bytes(head[8..12].try_into().unwrap());
+    if 12 + len > room {
+        return Ok(Next::End);
+    }
+    let mut payload = vec![0u8; len as usize];
+    if r.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
+        return Ok(Next::End);
+    }
+    let Ok(raw) = zstd::stream::decode_all(payload.as_slice()) else { return Ok(Next::End) };
+    let Some(rec) = SpoolRecord::decode(&raw) else { return Ok(Next::End) };
+    Ok(Next::Record(rec, 12 + len))
+}
+
+fn scan(path: &Path, mut each: impl FnMut(u64, SpoolRecord)) -> Result<u64> {
+    let f = File::open(path).with_context(|| format!("{}: cannot read spool", path.display()))?;
+    let size = f.metadata()?.len();
+    let mut r = BufReader::new(f);
     let mut valid = 0u64;
     loop {
-        let mut head = [0u8; 12];
-        if r.read_exact(&mut head).is_err() {
-            break;
-        }
-        if &head[..4] != MAGIC {
-            if out.is_empty() && valid == 0 {
-                bail!("{}: not a feature spool", path.display());
+        match next_record(&mut r, size - valid)? {
+            Next::Record(rec, n) => {
+                each(valid, rec);
+                valid += n;
             }
-            break;
+            Next::NotASpool if valid == 0 => bail!("{}: not a feature spool", path.display()),
+            Next::NotASpool | Next::End => break,
         }
-        let len = u32::from_le_bytes(head[4..8].try_into().unwrap()) as usize;
-        let crc = u32::from_le_bytes(head[8..12].try_into().unwrap());
-        let mut payload = vec![0u8; len];
-        if r.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
-            break;
-        }
-        let Ok(raw) = zstd::stream::decode_all(payload.as_slice()) else { break };
-        let Some(rec) = SpoolRecord::decode(&raw) else { break };
-        out.push(rec);
-        valid += 12 + len as u64;
     }
-    Ok((out, valid))
+    Ok(valid)
 }
 
 #[cfg(test)]
@@ -162,6 +231,32 @@ mod tests {
         s.append(&rec("c", 3.0)).unwrap();
         let (all, _) = read_records(&path).unwrap();
         assert_eq!(all.iter().map(|r| r.video_id.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn the_index_finds_each_record_and_ignores_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let (mut s, _) = Spool::open(&path).unwrap();
+        s.append(&rec("a", 1.0)).unwrap();
+        s.append(&rec("b", 2.0)).unwrap();
+        drop(s);
+        let intact = std::fs::metadata(&path).unwrap().len();
+        // A header whose length field claims far more than the file holds.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(b"LVF1\xff\xff\xff\xff\0\0\0\0");
+        std::fs::write(&path, &bytes).unwrap();
+        let (index, valid) = read_index(&path).unwrap();
+        assert_eq!(valid, intact);
+        assert_eq!(index.iter().map(|r| r.video_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let mut f = File::open(&path).unwrap();
+        assert_eq!(read_record_at(&mut f, index[1].offset).unwrap(), rec("b", 2.0));
+        assert_eq!(read_record_at(&mut f, index[0].offset).unwrap(), rec("a", 1.0));
+        assert!(read_record_at(&mut f, 3).is_err());
+        let (mut s, ids) = Spool::open_index(&path).unwrap();
+        assert_eq!(ids, index);
+        s.append(&rec("c", 3.0)).unwrap();
+        assert_eq!(read_index(&path).unwrap().0.len(), 3);
     }
 
     #[test]
