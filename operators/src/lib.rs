@@ -6,6 +6,7 @@
 //! run's video list, so a frontier passing `t` says video `t` is complete.
 
 pub mod clips;
+pub mod collect;
 pub mod decode;
 pub mod encode;
 pub mod messages;

@@ -103,7 +103,10 @@ pub fn ffprobe_frames(path: &Path) -> u64 {
         .arg(path)
         .output()
         .expect("ffprobe is installed by scripts/setup.sh");
-    String::from_utf8_lossy(&out.stdout).trim().parse().expect("ffprobe frame count")
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Some files add an empty field after the count ("42,").
+    let count = text.trim().trim_end_matches(',');
+    count.parse().unwrap_or_else(|e| panic!("{}: ffprobe frame count {text:?}: {e}", path.display()))
 }
 
 /// An extraction graph over `videos`, writing to `out`, with the tiny model.

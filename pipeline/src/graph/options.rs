@@ -648,3 +648,81 @@ impl StageSpec for MetricsOptions {
         paths.output(&mut self.plot);
     }
 }
+
+/// Format of temporal grounding annotations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroundingFormat {
+    /// `video_id start end##sentence` lines.
+    #[default]
+    CharadesSta,
+    /// `{vid: {"duration", "timestamps", "sentences"}}`.
+    Activitynet,
+    /// 2D-TAN's `{vid: {"num_frames", "fps", "timestamps", "sentences"}}`.
+    Tacos,
+}
+
+/// Options of the `evaluate` sink: text-to-video retrieval over caption
+/// clips and zero-shot temporal grounding, both from the projected clip
+/// features of its input and the projected sentences of the same checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvaluateOptions {
+    /// Hugging Face folder of the frozen text encoder; defaults to the
+    /// packaged all-MiniLM-L6-v2.
+    pub text_encoder: Option<PathBuf>,
+    /// Folder of narration files (`<id>.vtt` / `.srt`) whose caption clips
+    /// are the retrieval queries.
+    pub narration: Option<PathBuf>,
+    /// Merging of cues into retrieval caption clips.
+    pub min_seconds: f64,
+    pub max_seconds: f64,
+    pub max_words: usize,
+    /// Temporal grounding annotations.
+    pub grounding: Option<PathBuf>,
+    pub grounding_format: GroundingFormat,
+    /// Longest candidate window, in clips.
+    pub max_window_clips: usize,
+    /// Results (JSON), relative to `run.output_dir`.
+    pub output: PathBuf,
+}
+
+impl Default for EvaluateOptions {
+    fn default() -> Self {
+        EvaluateOptions {
+            text_encoder: None,
+            narration: None,
+            min_seconds: 1.0,
+            max_seconds: 16.0,
+            max_words: 32,
+            grounding: None,
+            grounding_format: GroundingFormat::CharadesSta,
+            max_window_clips: 16,
+            output: PathBuf::from("evaluation.json"),
+        }
+    }
+}
+
+impl StageSpec for EvaluateOptions {
+    const TYPE: &'static str = "evaluate";
+    const INPUTS: &'static [Port] = &[Port {
+        name: "features",
+        kind: DataKind::Features,
+    }];
+    const OUTPUT: Option<DataKind> = None;
+
+    fn resolve_paths(&mut self, paths: &PathResolver<'_>) {
+        paths.input_opt("text_encoder", &mut self.text_encoder);
+        paths.input_opt("narration", &mut self.narration);
+        paths.input_opt("grounding", &mut self.grounding);
+        paths.output(&mut self.output);
+    }
+
+    fn validate(&self, checks: &mut Checks) {
+        if self.narration.is_none() && self.grounding.is_none() {
+            checks.error("narration", "set narration (retrieval), grounding, or both");
+        }
+        checks.at_least_one("max_window_clips", self.max_window_clips);
+        checks.positive("min_seconds", self.min_seconds);
+    }
+}

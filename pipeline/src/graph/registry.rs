@@ -252,6 +252,7 @@ stage_types! {
     Train(TrainOptions),
     Checkpoints(CheckpointsOptions),
     Metrics(MetricsOptions),
+    Evaluate(EvaluateOptions),
 }
 
 impl StageOptions {

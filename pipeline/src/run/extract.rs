@@ -10,7 +10,9 @@ use crate::graph::{Graph, StageOptions};
 use anyhow::{bail, Context, Result};
 use locvtp_media::decode::DecodeOptions as MediaDecodeOptions;
 use locvtp_media::sampling::Tail as MediaTail;
+use super::evaluate::{EvalModel, VideoFeatures};
 use locvtp_operators::clips::{dense_clips, DenseClipConfig};
+use locvtp_operators::collect::{collect_features, CollectedVideo};
 use locvtp_operators::decode::{decode, DecodeConfig};
 use locvtp_operators::encode::{encode, load_encoder, EncodeConfig, Layer};
 use locvtp_operators::writer::{write_features, ErrorLog, WriterConfig, WriterReport};
@@ -36,6 +38,8 @@ struct Plan {
     writers: BTreeMap<String, WriterConfig>,
     /// Spools of the writers, taken by worker 0.
     spools: Mutex<BTreeMap<String, Spool>>,
+    /// Evaluation sinks and the encoder behind each.
+    evals: BTreeMap<String, (crate::graph::EvaluateOptions, EvalModel)>,
 }
 
 enum AnyStream<'s> {
@@ -83,6 +87,7 @@ fn prepare(
     let mut writers = BTreeMap::new();
     let mut clip_geometry: BTreeMap<String, (u32, u32)> = BTreeMap::new();
     let mut spools = BTreeMap::new();
+    let mut evals = BTreeMap::new();
     let mut done_ids: HashSet<String> = HashSet::new();
     for stage in &graph.stages {
         match &stage.options {
@@ -161,6 +166,25 @@ fn prepare(
                 }
                 writers.insert(stage.name.clone(), cfg);
             }
+            StageOptions::Evaluate(o) => {
+                let enc_name = &stage.inputs[0];
+                let enc = encoders.get(enc_name).ok_or_else(|| {
+                    anyhow::anyhow!("{}: stages.{}: evaluate must be fed by a c3d_encode stage", graph.file.display(), stage.name)
+                })?;
+                if enc.layer != Layer::Projection {
+                    bail!("{}: stages.{}: evaluation needs projected features (stages.{enc_name}.layer = \"projection\")", graph.file.display(), stage.name);
+                }
+                let clips_name = graph.stage(enc_name).and_then(|s| s.inputs.first()).cloned().unwrap_or_default();
+                let (clip_frames, stride) = clip_geometry.get(&clips_name).copied().unwrap_or((16, 16));
+                let model = EvalModel {
+                    model: enc.model.clone(),
+                    checkpoint: enc.checkpoint.clone(),
+                    seed: enc.seed,
+                    clip_frames: clip_frames as usize,
+                    stride: stride as usize,
+                };
+                evals.insert(stage.name.clone(), (o.clone(), model));
+            }
             _ => bail!(
                 "{}: stages.{}: type `{}` is not part of the extraction topology",
                 graph.file.display(),
@@ -177,7 +201,7 @@ fn prepare(
     if skipped > 0 {
         tracing::info!("resuming: {skipped} videos finished by an earlier run are kept, {} to do", todo.len());
     }
-    Ok((Plan { graph: graph.clone(), todo, encoders, writers, spools: Mutex::new(spools) }, listing.rejected, skipped))
+    Ok((Plan { graph: graph.clone(), todo, encoders, writers, spools: Mutex::new(spools), evals }, listing.rejected, skipped))
 }
 
 /// Runs an extraction graph to completion.
@@ -210,14 +234,18 @@ pub fn run_extract(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result
         flags.quiet || !cluster.is_first_process(),
     );
     let reports: Arc<Mutex<Vec<(String, WriterReport)>>> = Arc::new(Mutex::new(Vec::new()));
+    type Collected = BTreeMap<String, BTreeMap<String, CollectedVideo>>;
+    let collected: Arc<Mutex<Collected>> = Arc::new(Mutex::new(BTreeMap::new()));
     {
-        let (plan, stats, reports, interrupted) = (plan.clone(), stats.clone(), reports.clone(), interrupted.clone());
+        let (plan, stats, reports, interrupted, collected) =
+            (plan.clone(), stats.clone(), reports.clone(), interrupted.clone(), collected.clone());
         let guards = timely::execute(cluster.timely_config()?, move |worker| {
             let index = worker.index();
             let peers = worker.peers();
             let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<VideoItem>>>::new();
             let probe = ProbeHandle::new();
             let mut local_reports: Vec<(String, Rc<RefCell<WriterReport>>)> = Vec::new();
+            let mut local_collected: Vec<(String, Rc<RefCell<BTreeMap<String, CollectedVideo>>>)> = Vec::new();
             worker.dataflow::<u64, _, _>(|scope| {
                 let mut streams: BTreeMap<String, AnyStream> = BTreeMap::new();
                 for stage in &plan.graph.stages {
@@ -256,6 +284,14 @@ pub fn run_extract(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result
                             write_features(s, plan.writers[&stage.name].clone(), spool, stats.clone(), report);
                             None
                         }
+                        StageOptions::Evaluate(_) => {
+                            let AnyStream::Features(s) = get(&stage.inputs[0]) else { unreachable!("validated edge") };
+                            let sink = Rc::new(RefCell::new(BTreeMap::new()));
+                            local_collected.push((stage.name.clone(), sink.clone()));
+                            let s = s.clone().probe_with(&probe);
+                            collect_features(s, plan.graph.run.output_dir.join("errors.jsonl"), stats.clone(), sink);
+                            None
+                        }
                         _ => unreachable!("checked in prepare"),
                     };
                     if let Some(s) = made {
@@ -286,6 +322,12 @@ pub fn run_extract(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result
             }
             drop(input);
             while worker.step_or_park(None) {}
+            if index == 0 {
+                let mut out = collected.lock().unwrap();
+                for (name, c) in local_collected {
+                    out.insert(name, std::mem::take(&mut *c.borrow_mut()));
+                }
+            }
             let mut out = reports.lock().unwrap();
             for (name, r) in local_reports {
                 if let Ok(cell) = Rc::try_unwrap(r) {
@@ -321,6 +363,22 @@ pub fn run_extract(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result
         }
         if let Some(e) = r.error {
             fatal = Some(format!("writing {name}: {e}"));
+        }
+    }
+    if cluster.is_first_process() {
+        for (name, videos) in std::mem::take(&mut *collected.lock().unwrap()) {
+            let (opts, model) = &plan.evals[&name];
+            let features = videos
+                .into_iter()
+                .map(|(id, v)| (id, VideoFeatures { values: v.values, clips: v.clips, dim: v.dim, fps: v.fps, frames: v.frames }))
+                .collect();
+            match super::evaluate::evaluate(opts, model, &features) {
+                Ok(result) => {
+                    super::evaluate::print_table(&result);
+                    outputs.insert(name.clone(), opts.output.display().to_string());
+                }
+                Err(e) => fatal = Some(format!("evaluating {name}: {e:#}")),
+            }
         }
     }
     let videos = VideoCounts {

@@ -1,6 +1,7 @@
 //! Running a validated graph: cluster set-up, the topology's driver, the
 //! summary, and how failures map to exit codes.
 
+mod evaluate;
 mod extract;
 pub mod interrupt;
 mod listing;
@@ -103,7 +104,7 @@ impl ConfigError {
 
 /// Runs `graph`; the summary says what happened, per item.
 pub fn run(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result<summary::RunSummary> {
-    let is_extract = graph.stages.iter().any(|s| matches!(s.options, StageOptions::Hdf5Writer(_)));
+    let is_extract = graph.stages.iter().any(|s| matches!(s.options, StageOptions::Hdf5Writer(_) | StageOptions::Evaluate(_)));
     let is_pretrain = graph.stages.iter().any(|s| matches!(s.options, StageOptions::Train(_)));
     if is_extract {
         extract::run_extract(graph, cluster, flags)

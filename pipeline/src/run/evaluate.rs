@@ -1,0 +1,259 @@
+//! Evaluation of a checkpoint on held-out videos: text-to-video retrieval
+//! over caption clips and zero-shot temporal grounding, both scored by the
+//! cosine between a projected sentence and mean projected clip features,
+//! each metric next to its chance level.
+
+use crate::graph::{EvaluateOptions, GroundingFormat};
+use anyhow::{Context, Result};
+use locvtp_model::text::TextEncoder;
+use locvtp_model::{LocVtp, ModelConfig};
+use locvtp_narration::align::{align_video, AlignConfig};
+use locvtp_narration::VideoCues;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+/// Clip features of one video as the encoder produced them.
+#[derive(Debug, Clone)]
+pub struct VideoFeatures {
+    /// Row-major `[clips, dim]`.
+    pub values: Vec<f32>,
+    pub clips: usize,
+    pub dim: usize,
+    pub fps: f64,
+    pub frames: u64,
+}
+
+/// What the evaluation needs from the encoder that produced the features.
+#[derive(Debug, Clone)]
+pub struct EvalModel {
+    pub model: ModelConfig,
+    pub checkpoint: Option<PathBuf>,
+    pub seed: i64,
+    pub clip_frames: usize,
+    pub stride: usize,
+}
+
+struct Geometry {
+    clip_frames: f64,
+    stride: f64,
+}
+
+impl Geometry {
+    /// Time span `[start, end)` of clips `i..=j` of a video.
+    fn span(&self, v: &VideoFeatures, i: usize, j: usize) -> (f64, f64) {
+        let fps = v.fps.max(1e-9);
+        let duration = v.frames as f64 / fps;
+        ((i as f64 * self.stride) / fps, ((j as f64 * self.stride + self.clip_frames) / fps).min(duration))
+    }
+}
+
+fn iou(a: (f64, f64), b: (f64, f64)) -> f64 {
+    let inter = (a.1.min(b.1) - a.0.max(b.0)).max(0.0);
+    let union = a.1.max(b.1) - a.0.min(b.0);
+    if union > 0.0 {
+        inter / union
+    } else {
+        0.0
+    }
+}
+
+/// Projected, L2-normalised sentence embeddings, `[n, D]`.
+fn embed_sentences(model: &LocVtp, text: &TextEncoder, sentences: &[String]) -> Result<Tensor> {
+    let mut parts = Vec::new();
+    for chunk in sentences.chunks(64) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let batch = text.encode(&refs)?;
+        let s = tch::no_grad(|| model.text_proj.forward_t(&batch.sentence.to_device(model.device()), false));
+        parts.push(s.to_device(Device::Cpu));
+    }
+    let s = Tensor::cat(&parts, 0).to_kind(Kind::Double);
+    Ok(&s / s.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12))
+}
+
+fn video_tensor(v: &VideoFeatures) -> Tensor {
+    Tensor::from_slice(&v.values).reshape([v.clips as i64, v.dim as i64]).to_kind(Kind::Double)
+}
+
+/// Normalised mean of rows `i..=j`.
+fn window_embedding(rows: &Tensor, i: usize, j: usize) -> Tensor {
+    let m = rows.narrow(0, i as i64, (j - i + 1) as i64).mean_dim([0i64].as_slice(), false, Kind::Double);
+    &m / m.norm().clamp_min(1e-12)
+}
+
+fn retrieval(
+    opts: &EvaluateOptions,
+    geo: &Geometry,
+    model: &LocVtp,
+    text: &TextEncoder,
+    features: &BTreeMap<String, VideoFeatures>,
+) -> Result<serde_json::Value> {
+    let Some(dir) = &opts.narration else { return Ok(serde_json::Value::Null) };
+    let align = AlignConfig { min_seconds: opts.min_seconds, max_seconds: opts.max_seconds, max_words: opts.max_words, ..AlignConfig::default() };
+    let mut sentences = Vec::new();
+    let mut videos = Vec::new();
+    for (id, v) in features {
+        let mut found = None;
+        for ext in ["vtt", "srt"] {
+            let p = dir.join(format!("{id}.{ext}"));
+            if p.exists() {
+                found = Some(p);
+                break;
+            }
+        }
+        let Some(path) = found else { continue };
+        let (cues, _) = locvtp_narration::read_subtitle_file(&path).with_context(|| path.display().to_string())?;
+        let duration = v.frames as f64 / v.fps.max(1e-9);
+        let clips = align_video(&VideoCues { video_id: id.clone(), cues }, duration, &align).kept;
+        let rows = video_tensor(v);
+        for c in clips {
+            // Clips overlapping the caption's span; at least the nearest one.
+            let overlapping: Vec<usize> = (0..v.clips)
+                .filter(|&i| {
+                    let (s, e) = geo.span(v, i, i);
+                    e > c.start_s && s < c.end_s
+                })
+                .collect();
+            let (i, j) = match (overlapping.first(), overlapping.last()) {
+                (Some(&i), Some(&j)) => (i, j),
+                _ => {
+                    let k = ((c.start_s * v.fps / geo.stride) as usize).min(v.clips - 1);
+                    (k, k)
+                }
+            };
+            videos.push(window_embedding(&rows, i, j));
+            sentences.push(c.text);
+        }
+    }
+    let n = sentences.len();
+    if n == 0 {
+        return Ok(json!({"queries": 0}));
+    }
+    let s = embed_sentences(model, text, &sentences)?;
+    let v = Tensor::stack(&videos, 0);
+    let sims = s.matmul(&v.tr());
+    let mut ranks = Vec::with_capacity(n);
+    for q in 0..n as i64 {
+        let row = sims.get(q);
+        let own = row.double_value(&[q]);
+        // Rank 1 is best; ties count against the query.
+        let better = row.ge(own).sum(Kind::Int64).int64_value(&[]);
+        ranks.push(better as usize);
+    }
+    ranks.sort_unstable();
+    let recall = |k: usize| ranks.iter().filter(|&&r| r <= k).count() as f64 / n as f64;
+    Ok(json!({
+        "queries": n,
+        "R@1": recall(1), "R@5": recall(5), "R@10": recall(10),
+        "median_rank": ranks[n / 2],
+        "chance": {"R@1": 1.0 / n as f64, "R@5": (5.0 / n as f64).min(1.0), "R@10": (10.0 / n as f64).min(1.0), "median_rank": n.div_ceil(2)},
+    }))
+}
+
+fn grounding(
+    opts: &EvaluateOptions,
+    geo: &Geometry,
+    model: &LocVtp,
+    text: &TextEncoder,
+    features: &BTreeMap<String, VideoFeatures>,
+) -> Result<serde_json::Value> {
+    let Some(path) = &opts.grounding else { return Ok(serde_json::Value::Null) };
+    let format = match opts.grounding_format {
+        GroundingFormat::CharadesSta => locvtp_narration::grounding::GroundingFormat::CharadesSta,
+        GroundingFormat::Activitynet => locvtp_narration::grounding::GroundingFormat::ActivityNet,
+        GroundingFormat::Tacos => locvtp_narration::grounding::GroundingFormat::Tacos,
+    };
+    let parsed = locvtp_narration::grounding::read_file(path, format).with_context(|| path.display().to_string())?;
+    let queries: Vec<_> = parsed.items.into_iter().filter(|q| features.contains_key(&q.video_id)).collect();
+    if queries.is_empty() {
+        return Ok(json!({"queries": 0}));
+    }
+    let s = embed_sentences(model, text, &queries.iter().map(|q| q.sentence.clone()).collect::<Vec<_>>())?;
+    let thresholds = [0.3, 0.5, 0.7];
+    let mut hits = [0.0f64; 3];
+    let mut random_hits = [0.0f64; 3];
+    let (mut miou, mut random_miou) = (0.0, 0.0);
+    for (qi, q) in queries.iter().enumerate() {
+        let v = &features[&q.video_id];
+        let rows = video_tensor(v);
+        let sentence = s.get(qi as i64);
+        let gt = (q.start_s, q.end_s);
+        let mut best = (f64::NEG_INFINITY, (0.0, 0.0));
+        let mut candidates = 0usize;
+        let mut cand_hits = [0usize; 3];
+        let mut cand_iou = 0.0;
+        for i in 0..v.clips {
+            for j in i..(i + opts.max_window_clips).min(v.clips) {
+                let span = geo.span(v, i, j);
+                let score = sentence.dot(&window_embedding(&rows, i, j)).double_value(&[]);
+                if score > best.0 {
+                    best = (score, span);
+                }
+                let o = iou(span, gt);
+                candidates += 1;
+                cand_iou += o;
+                for (k, t) in thresholds.iter().enumerate() {
+                    cand_hits[k] += usize::from(o >= *t);
+                }
+            }
+        }
+        let o = iou(best.1, gt);
+        miou += o;
+        random_miou += cand_iou / candidates as f64;
+        for (k, t) in thresholds.iter().enumerate() {
+            hits[k] += f64::from(u8::from(o >= *t));
+            random_hits[k] += cand_hits[k] as f64 / candidates as f64;
+        }
+    }
+    let n = queries.len() as f64;
+    Ok(json!({
+        "queries": queries.len(),
+        "R@1_IoU0.3": hits[0] / n, "R@1_IoU0.5": hits[1] / n, "R@1_IoU0.7": hits[2] / n, "mIoU": miou / n,
+        "random": {"R@1_IoU0.3": random_hits[0] / n, "R@1_IoU0.5": random_hits[1] / n, "R@1_IoU0.7": random_hits[2] / n, "mIoU": random_miou / n},
+    }))
+}
+
+/// Runs both evaluations and writes the results JSON.
+pub fn evaluate(opts: &EvaluateOptions, enc: &EvalModel, features: &BTreeMap<String, VideoFeatures>) -> Result<serde_json::Value> {
+    let mut model = LocVtp::new(&enc.model, Device::Cpu, enc.seed);
+    if let Some(ck) = &enc.checkpoint {
+        locvtp_model::checkpoint::load_weights(&mut model.vs, ck)?;
+    }
+    let text_dir = match &opts.text_encoder {
+        Some(p) => p.clone(),
+        None => locvtp_model::text::default_text_encoder_dir().context("no text encoder: set stages.<evaluate>.text_encoder")?,
+    };
+    let text = TextEncoder::load(&text_dir, Device::Cpu)?;
+    let geo = Geometry { clip_frames: enc.clip_frames as f64, stride: enc.stride as f64 };
+    let result = json!({
+        "checkpoint": enc.checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("random-init:{}", enc.seed)),
+        "videos": features.len(),
+        "retrieval": retrieval(opts, &geo, &model, &text, features)?,
+        "grounding": grounding(opts, &geo, &model, &text, features)?,
+    });
+    let mut bytes = serde_json::to_vec_pretty(&result)?;
+    bytes.push(b'\n');
+    locvtp_model::checkpoint::atomic_write(&opts.output, &bytes)?;
+    Ok(result)
+}
+
+/// The results as a table for the terminal.
+pub fn print_table(r: &serde_json::Value) {
+    let f = |v: &serde_json::Value| v.as_f64().map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
+    eprintln!("evaluation of {} on {} videos", r["checkpoint"].as_str().unwrap_or("?"), r["videos"]);
+    let ret = &r["retrieval"];
+    if ret.is_object() {
+        eprintln!("  text->video retrieval ({} queries)     model   chance", ret["queries"]);
+        for k in ["R@1", "R@5", "R@10", "median_rank"] {
+            eprintln!("    {k:<36} {:>6}   {:>6}", f(&ret[k]), f(&ret["chance"][k]));
+        }
+    }
+    let g = &r["grounding"];
+    if g.is_object() {
+        eprintln!("  temporal grounding ({} queries)        model   random window", g["queries"]);
+        for k in ["R@1_IoU0.3", "R@1_IoU0.5", "R@1_IoU0.7", "mIoU"] {
+            eprintln!("    {k:<36} {:>6}   {:>6}", f(&g[k]), f(&g["random"][k]));
+        }
+    }
+}
