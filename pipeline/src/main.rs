@@ -2,6 +2,7 @@
 //! features, as timely-dataflow graphs described by TOML files.
 
 mod graph;
+mod inspect;
 mod run;
 
 use anyhow::Result;
@@ -40,6 +41,33 @@ enum Command {
     /// Validate a graph and print its stages, types and edges.
     #[command(disable_help_flag = true)]
     Check(GraphArgs),
+    /// Write every intermediate of the losses (V, S, W, A, positives,
+    /// negatives, V', each term) for given inputs and draws to safetensors.
+    Inspect {
+        /// Model configuration (TOML).
+        #[arg(long)]
+        model: PathBuf,
+        /// Weights (safetensors); random initialisation with --seed if absent.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Text encoder folder, for inputs given as token ids.
+        #[arg(long)]
+        text_encoder: Option<PathBuf>,
+        /// Inputs and draws (safetensors); see the module documentation.
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Output file (safetensors).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+        #[arg(long, default_value_t = 1.0)]
+        tau: f64,
+        #[arg(long, default_value_t = 1.0)]
+        w_splice: f64,
+        #[arg(long, default_value_t = 10.0)]
+        w_fg: f64,
+    },
     /// Write the deterministic demo set (narrated videos of moving shapes).
     DemoData {
         /// Output folder.
@@ -109,6 +137,27 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Inspect { model, checkpoint, text_encoder, inputs, out, seed, tau, w_splice, w_fg } => {
+            let args = inspect::InspectArgs {
+                model: &model,
+                checkpoint: checkpoint.as_deref(),
+                text_encoder: text_encoder.as_deref(),
+                inputs: &inputs,
+                out: &out,
+                seed,
+                weights: locvtp_model::loss::LossWeights { tau, splice: w_splice, fg: w_fg },
+            };
+            match inspect::inspect(&args) {
+                Ok(n) => {
+                    eprintln!("{n} tensors written to {}", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::DemoData { out, seed } => match locvtp_media::synth::write_demo_set(&out, seed) {
             Ok(m) => {
                 eprintln!("demo set: {} videos in {}", m.videos.len(), out.display());

@@ -395,7 +395,8 @@ impl TextEncoder {
         Ok(tch::no_grad(|| self.encode_ids(&ids)))
     }
 
-    fn encode_ids(&self, ids: &[Vec<i64>]) -> TextBatch {
+    /// Encodes captions already tokenised (`[CLS] ... [SEP]` ids each).
+    pub fn encode_ids(&self, ids: &[Vec<i64>]) -> TextBatch {
         let b = ids.len() as i64;
         let word_lens: Vec<i64> = ids.iter().map(|s| (s.len() as i64 - 2).max(0)).collect();
         let n = word_lens.iter().copied().max().unwrap_or(0).max(1);

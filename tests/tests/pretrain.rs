@@ -1,0 +1,147 @@
+//! The pre-training graph on a handful of tiny narrated videos: it trains,
+//! checkpoints, resumes to the same losses, and its checkpoint feeds the
+//! extract graph unchanged.
+
+use locvtp_media::synth::{narration_webvtt, write_video, Background, Colour, Motion, Scene, Shape, SynthSpec};
+use locvtp_tests::{extract_graph, repo, run_flow};
+use std::path::Path;
+
+fn make_dataset(root: &Path) {
+    let videos = root.join("videos");
+    let narration = root.join("narration");
+    std::fs::create_dir_all(&videos).unwrap();
+    std::fs::create_dir_all(&narration).unwrap();
+    let looks = [
+        (Shape::Circle, Colour::Red, Motion::Left, Shape::Square, Colour::Blue, Motion::Up),
+        (Shape::Triangle, Colour::Green, Motion::Right, Shape::Cross, Colour::Yellow, Motion::Down),
+        (Shape::Square, Colour::White, Motion::Grow, Shape::Circle, Colour::Purple, Motion::Still),
+        (Shape::Diamond, Colour::Blue, Motion::Shrink, Shape::Triangle, Colour::Red, Motion::Right),
+    ];
+    for (i, (s1, c1, m1, s2, c2, m2)) in looks.into_iter().enumerate() {
+        let scenes = vec![
+            Scene { start_s: 0.0, end_s: 1.2, shape: s1, colour: c1, motion: m1, background: Background::Black },
+            Scene { start_s: 1.2, end_s: 2.4, shape: s2, colour: c2, motion: m2, background: Background::Grey },
+        ];
+        let spec = SynthSpec::new(64, 48, (25, 1), 2.4, scenes.clone());
+        write_video(&spec, &videos.join(format!("v{i}.mp4"))).unwrap();
+        std::fs::write(narration.join(format!("v{i}.vtt")), narration_webvtt(&scenes)).unwrap();
+    }
+}
+
+fn pretrain_graph(data: &Path, out: &Path, epochs: usize) -> String {
+    format!(
+        r#"[run]
+output_dir = "{out}"
+seed = 3
+
+[stages.videos]
+type = "video_files"
+dir = "{data}/videos"
+
+[stages.narration]
+type = "narration"
+dir = "{data}/narration"
+
+[stages.meta]
+type = "probe"
+inputs = ["videos"]
+
+[stages.captions]
+type = "align"
+inputs = ["narration", "meta"]
+min_seconds = 0.5
+max_seconds = 1.5
+
+[stages.decode]
+type = "decode"
+inputs = ["videos"]
+
+[stages.samples]
+type = "segments"
+inputs = ["decode", "captions"]
+num_segments = 3
+frames_per_segment = 16
+
+[stages.train]
+type = "train"
+inputs = ["samples"]
+model = "{model}"
+device = "cpu"
+epochs = {epochs}
+batch_size = 4
+milestones = [1]
+
+[stages.checkpoints]
+type = "checkpoints"
+inputs = ["train"]
+
+[stages.metrics]
+type = "metrics"
+inputs = ["train"]
+"#,
+        out = out.display(),
+        data = data.display(),
+        model = repo().join("configs/c3d-tiny.toml").display(),
+    )
+}
+
+fn run_pretrain(dir: &Path, name: &str, out: &Path, epochs: usize, extra: &[&str]) -> Vec<serde_json::Value> {
+    let graph = dir.join(format!("{name}.toml"));
+    std::fs::write(&graph, pretrain_graph(&dir.join("data"), out, epochs)).unwrap();
+    let mut args = vec!["run", graph.to_str().unwrap(), "-q"];
+    args.extend_from_slice(extra);
+    let o = run_flow(dir, &args);
+    assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn pretraining_trains_checkpoints_resumes_and_feeds_extraction() {
+    let dir = tempfile::tempdir().unwrap();
+    make_dataset(&dir.path().join("data"));
+
+    let full_out = dir.path().join("full");
+    let full = run_pretrain(dir.path(), "full", &full_out, 2, &[]);
+    assert!(!full.is_empty());
+    let steps_per_epoch = full.len() / 2;
+    assert!(steps_per_epoch >= 1 && full.len() == 2 * steps_per_epoch, "{} steps", full.len());
+    for m in &full {
+        for term in ["coarse", "splice", "fg_vid", "fg_word", "fg_vid_ctx", "fg_word_ctx", "total"] {
+            assert!(m[term].as_f64().unwrap().is_finite(), "{term} in {m}");
+        }
+    }
+    // MultiStepLR with milestone 1: the second epoch runs at a tenth.
+    assert_eq!(full[0]["lr"].as_f64().unwrap(), 0.001);
+    assert!((full.last().unwrap()["lr"].as_f64().unwrap() - 0.0001).abs() < 1e-12);
+    let ckpts = full_out.join("checkpoints");
+    assert!(ckpts.join("epoch-001.safetensors").exists() && ckpts.join("epoch-002.safetensors").exists());
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(full_out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["training"]["steps"], full.len());
+
+    // Stop after one epoch, then run the two-epoch command: it resumes from
+    // the checkpoint and reproduces the uninterrupted run's losses.
+    let split_out = dir.path().join("split");
+    let first = run_pretrain(dir.path(), "first", &split_out, 1, &[]);
+    assert_eq!(first.len(), steps_per_epoch);
+    let resumed = run_pretrain(dir.path(), "resumed", &split_out, 2, &[]);
+    assert_eq!(resumed.len(), full.len(), "metrics continue in the same file");
+    for (a, b) in full.iter().zip(&resumed) {
+        assert_eq!(a["step"], b["step"]);
+        let (x, y) = (a["total"].as_f64().unwrap(), b["total"].as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "step {}: {x} vs {y}", a["step"]);
+    }
+
+    // The checkpoint feeds the extract graph as it is.
+    let ex_out = dir.path().join("features");
+    let extra = format!("checkpoint = \"{}\"\n", ckpts.join("last.safetensors").display());
+    let graph = dir.path().join("extract.toml");
+    std::fs::write(&graph, extract_graph(&dir.path().join("data/videos"), &ex_out, &extra)).unwrap();
+    let o = run_flow(dir.path(), &["run", graph.to_str().unwrap(), "-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let feats = locvtp_store::read_all(&ex_out.join("features.h5"), "c3d_features").unwrap();
+    assert_eq!(feats.len(), 4);
+}
