@@ -106,6 +106,9 @@ struct RunArgs {
     /// to 127.0.0.1:2101, 2102, ... on loopback.
     #[arg(short = 'h', long = "hostfile")]
     hostfile: Option<PathBuf>,
+    /// Seconds a process waits for its cluster peers to connect.
+    #[arg(long, default_value_t = 60)]
+    connect_timeout: u64,
     /// Treat any per-item error as a failure of the run.
     #[arg(long)]
     strict: bool,
@@ -117,6 +120,18 @@ struct RunArgs {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOCVTP_LOG").unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+/// A panicking worker ends the whole process with a non-zero exit code:
+/// the other workers would otherwise wait forever for its progress, and the
+/// processes of a cluster see the connection drop and stop in turn.
+fn abort_on_worker_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        eprintln!("error: a worker failed; stopping the run");
+        std::process::exit(1);
+    }));
 }
 
 fn load_graph(args: &GraphArgs) -> Result<graph::Graph, ExitCode> {
@@ -178,7 +193,9 @@ fn main() -> ExitCode {
                 processes: args.processes.max(1),
                 process: args.process,
                 hostfile: args.hostfile.clone(),
+                connect_timeout: std::time::Duration::from_secs(args.connect_timeout),
             };
+            abort_on_worker_panic();
             let flags = run::RunFlags { strict: args.strict, quiet: args.quiet, resume_only: false };
             match run::run(&graph, &cluster, &flags) {
                 Ok(summary) => {

@@ -145,3 +145,35 @@ inputs = ["encode"]
         model = repo().join("configs/c3d-tiny.toml").display(),
     )
 }
+
+/// A hostfile of `n` free loopback ports for a local cluster.
+pub fn loopback_hostfile(dir: &Path, n: usize) -> PathBuf {
+    let listeners: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port")).collect();
+    let lines: Vec<String> = listeners.iter().map(|l| format!("127.0.0.1:{}", l.local_addr().unwrap().port())).collect();
+    let path = dir.join("hosts.txt");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// Runs the processes of a loopback cluster, one `locvtp-flow run` each,
+/// and returns their outputs in process order.
+pub fn run_cluster(cwd: &Path, graph: &Path, processes: usize, threads: usize) -> Vec<Output> {
+    let hosts = loopback_hostfile(cwd, processes);
+    let children: Vec<std::process::Child> = (0..processes)
+        .map(|p| {
+            Command::new(binary())
+                .args(["run", graph.to_str().unwrap(), "-q", "--connect-timeout", "60"])
+                .args(["-w", &threads.to_string(), "-n", &processes.to_string(), "-p", &p.to_string()])
+                .arg("-h")
+                .arg(&hosts)
+                .current_dir(cwd)
+                .env("LOCVTP_LOG", "warn")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start a cluster process")
+        })
+        .collect();
+    children.into_iter().map(|c| c.wait_with_output().expect("cluster process")).collect()
+}

@@ -239,7 +239,7 @@ pub fn run_extract(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result
     {
         let (plan, stats, reports, interrupted, collected) =
             (plan.clone(), stats.clone(), reports.clone(), interrupted.clone(), collected.clone());
-        let guards = timely::execute(cluster.timely_config()?, move |worker| {
+        let guards = cluster.execute(move |worker| {
             let index = worker.index();
             let peers = worker.peers();
             let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<VideoItem>>>::new();
@@ -337,8 +337,7 @@ pub fn run_extract(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result
                     }
                 }
             }
-        })
-        .map_err(|e| anyhow::anyhow!("cannot start the workers: {e}"))?;
+        })?;
         for result in guards.join() {
             result.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;
         }

@@ -21,6 +21,8 @@ pub struct Cluster {
     pub processes: usize,
     pub process: usize,
     pub hostfile: Option<PathBuf>,
+    /// How long a process waits for its peers before giving up.
+    pub connect_timeout: std::time::Duration,
 }
 
 impl Cluster {
@@ -50,6 +52,45 @@ impl Cluster {
                 Ok(hosts.into_iter().take(self.processes).collect())
             }
         }
+    }
+
+    /// Starts timely under a deadline for the cluster to connect: timely
+    /// itself retries unreachable peers forever, so a process whose peers
+    /// never come up stops with a message naming their addresses instead of
+    /// hanging.
+    pub fn execute<T, F>(&self, func: F) -> Result<timely::communication::WorkerGuards<T>>
+    where
+        T: Send + 'static,
+        F: Fn(&mut timely::worker::Worker) -> T + Send + Sync + 'static,
+    {
+        let config = self.timely_config()?;
+        let connected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if self.processes > 1 {
+            let (flag, addresses, timeout) = (connected.clone(), self.addresses()?, self.connect_timeout);
+            let me = self.process;
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + timeout;
+                while std::time::Instant::now() < deadline {
+                    if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                if !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    let peers: Vec<String> =
+                        addresses.iter().enumerate().filter(|(i, _)| *i != me).map(|(i, a)| format!("process {i} at {a}")).collect();
+                    eprintln!(
+                        "error: process {me} could not connect to its peers within {}s: {} (is every process started, with the same -n and hostfile?)",
+                        timeout.as_secs(),
+                        peers.join(", ")
+                    );
+                    std::process::exit(1);
+                }
+            });
+        }
+        let guards = timely::execute(config, func).map_err(|e| anyhow::anyhow!("cannot start the workers: {e}"))?;
+        connected.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(guards)
     }
 
     pub fn timely_config(&self) -> Result<timely::Config> {

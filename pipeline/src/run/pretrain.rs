@@ -257,7 +257,7 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
     let outcome: Arc<Mutex<(usize, u64, Option<String>)>> = Arc::new(Mutex::new((0, 0, None)));
     {
         let (plan, stats, errors, outcome) = (plan.clone(), stats.clone(), errors.clone(), outcome.clone());
-        let guards = timely::execute(cluster.timely_config()?, move |worker| {
+        let guards = cluster.execute(move |worker| {
             let index = worker.index();
             let peers = worker.peers();
 
@@ -478,8 +478,7 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
             }
             drop(jobs_in);
             while worker.step_or_park(None) {}
-        })
-        .map_err(|e| anyhow::anyhow!("cannot start the workers: {e}"))?;
+        })?;
         for r in guards.join() {
             r.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;
         }
