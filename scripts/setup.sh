@@ -26,7 +26,7 @@ debian_packages=(
   pkg-config clang libclang-dev
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
   libavfilter-dev libavdevice-dev libswresample-dev
-  libhdf5-dev ffmpeg
+  libhdf5-dev ffmpeg fonts-dejavu-core
   python3-venv
 )
 missing=()

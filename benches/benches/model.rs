@@ -4,7 +4,7 @@
 //! repository's tiny and small configs so that the set runs in seconds on
 //! two cores; the released widths are measured by `gpu-bench`.
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, SamplingMode, Criterion, Throughput};
 use locvtp_model::loss::{locvtp_losses, Draws, LossInputs, LossWeights};
 use locvtp_model::text::TextBatch;
 use locvtp_model::train::{forward_losses, zero_gradients, Adam};
@@ -56,6 +56,7 @@ fn text_batch(b: i64, n: i64, h: i64) -> TextBatch {
 fn bench_encode(c: &mut Criterion) {
     tch::manual_seed(0);
     let mut g = c.benchmark_group("encode_forward_cpu");
+    g.sampling_mode(SamplingMode::Flat);
     for (name, cfg, batch) in [("tiny_b8", tiny(), 8i64), ("small_b4", small(), 4)] {
         let model = LocVtp::new(&cfg, Device::Cpu, 0);
         let clips = u8_frames(&[batch, 16, 112, 112, 3]);
@@ -76,6 +77,7 @@ fn bench_losses(c: &mut Criterion) {
     tch::manual_seed(0);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut g = c.benchmark_group("losses_cpu");
+    g.sampling_mode(SamplingMode::Flat);
     // The released shapes of one worker's share of a batch: B = 32 samples,
     // T = 10 segments, D = 256, captions of up to 24 words.
     let (b, t, n, d) = (32i64, 10i64, 24i64, 256i64);
@@ -102,6 +104,7 @@ fn bench_train_step(c: &mut Criterion) {
     tch::manual_seed(0);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let mut g = c.benchmark_group("train_step_cpu");
+    g.sampling_mode(SamplingMode::Flat);
     for (name, cfg, b) in [("tiny_b4", tiny(), 4i64), ("small_b2", small(), 2)] {
         let t = cfg.num_segments;
         let model = LocVtp::new(&cfg, Device::Cpu, 0);

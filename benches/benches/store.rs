@@ -2,7 +2,7 @@
 //! the final HDF5 assembly, for 50 videos of 64 clips x 256 features (the
 //! projected layer of the released model).
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, SamplingMode, BatchSize, Criterion, Throughput};
 use locvtp_store::{write_hdf5, RunAttrs, Spool, SpoolRecord};
 use std::hint::black_box;
 use std::time::Duration;
@@ -28,6 +28,8 @@ fn bench_store(c: &mut Criterion) {
     let run = RunAttrs { clip_frames: 16, stride: 16, layer: "projection".into(), checkpoint: "bench".into() };
     let dir = tempfile::tempdir().expect("temp dir");
     let mut g = c.benchmark_group("store");
+    // Each spool append waits for fsync: few, equal-sized samples.
+    g.sampling_mode(SamplingMode::Flat);
     g.throughput(Throughput::Bytes(bytes));
     g.bench_function("hdf5_write_50videos_64x256", |b| {
         let path = dir.path().join("features.h5");

@@ -5,6 +5,7 @@ mod evaluate;
 mod extract;
 pub mod interrupt;
 mod listing;
+mod plot;
 mod pretrain;
 mod progress;
 pub mod summary;

@@ -61,6 +61,7 @@ struct Stages {
     train: crate::graph::TrainOptions,
     checkpoints_dir: PathBuf,
     metrics_path: Option<PathBuf>,
+    plot_path: Option<PathBuf>,
 }
 
 struct Plan {
@@ -83,6 +84,7 @@ fn find_stages(graph: &Graph) -> Result<Stages> {
     let mut train = None;
     let mut checkpoints_dir = graph.run.output_dir.join("checkpoints");
     let mut metrics_path = None;
+    let mut plot_path = None;
     for s in &graph.stages {
         match &s.options {
             StageOptions::VideoFiles(o) => videos = Some(o.clone()),
@@ -100,7 +102,10 @@ fn find_stages(graph: &Graph) -> Result<Stages> {
             StageOptions::Segments(o) => segments = Some(o.clone()),
             StageOptions::Train(o) => train = Some(o.clone()),
             StageOptions::Checkpoints(o) => checkpoints_dir = o.dir.clone(),
-            StageOptions::Metrics(o) => metrics_path = Some(o.path.clone()),
+            StageOptions::Metrics(o) => {
+                metrics_path = Some(o.path.clone());
+                plot_path = Some(o.plot.clone());
+            }
             other => bail!("{}: stages.{}: type `{}` is not part of the pre-training topology", graph.file.display(), s.name, other.type_name()),
         }
     }
@@ -114,6 +119,7 @@ fn find_stages(graph: &Graph) -> Result<Stages> {
         train: train.ok_or_else(|| need("train"))?,
         checkpoints_dir,
         metrics_path,
+        plot_path,
     })
 }
 
@@ -390,6 +396,7 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
             };
             let total_steps = spe * tr.epochs as u64;
             let metrics_path = plan.stages.metrics_path.clone();
+            let plot_path = plan.stages.plot_path.clone();
             let ckpt_dir = plan.stages.checkpoints_dir.clone();
             let every = tr.checkpoint_every_steps.map(|k| k as u64);
             let seed = plan.seed;
@@ -416,6 +423,11 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
                         .and_then(|_| save_training_checkpoint(&ckpt_dir.join("last.safetensors"), &rep.model, &rep.adam, &meta));
                     if let Err(e) = ok {
                         outcome_w.lock().unwrap().2 = Some(format!("checkpoint {}: {e:#}", path.display()));
+                    }
+                    if let (Some(m), Some(p)) = (&metrics_path, &plot_path) {
+                        if let Err(e) = super::plot::plot_losses(m, p) {
+                            tracing::warn!("loss curve {}: {e:#}", p.display());
+                        }
                     }
                 }
                 outcome_w.lock().unwrap().1 = done;
@@ -500,6 +512,16 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
     outputs.insert("checkpoints".to_string(), plan.stages.checkpoints_dir.display().to_string());
     if let Some(m) = &plan.stages.metrics_path {
         outputs.insert("metrics".to_string(), m.display().to_string());
+        if let Some(p) = &plan.stages.plot_path {
+            if cluster.is_first_process() && m.exists() {
+                match super::plot::plot_losses(m, p) {
+                    Ok(()) => {
+                        outputs.insert("loss_curve".to_string(), p.display().to_string());
+                    }
+                    Err(e) => tracing::warn!("loss curve {}: {e:#}", p.display()),
+                }
+            }
+        }
     }
     let mut summary = RunSummary::new(graph, "pretrain", cluster, started.elapsed(), videos, &stats, outputs, fatal);
     summary.training = Some(serde_json::json!({

@@ -446,14 +446,22 @@ where
                 .source()
                 .add(&decoded)
                 .with_context(|| format!("{}: frame conversion failed", path.display()))?;
-            while sh
-                .graph
-                .get("out")
-                .expect("sink")
-                .sink()
-                .frame(&mut rgb)
-                .is_ok()
-            {
+            loop {
+                // av_buffersink_get_frame moves a new reference into the
+                // frame without releasing the one it already holds: reusing
+                // `rgb` would leak every shaped frame. A fresh frame drops
+                // (and unreferences) the previous one.
+                rgb = VideoFrame::empty();
+                if sh
+                    .graph
+                    .get("out")
+                    .expect("sink")
+                    .sink()
+                    .frame(&mut rgb)
+                    .is_err()
+                {
+                    break;
+                }
                 let t = match rgb.pts() {
                     Some(p) => p as f64 * sh.time_base,
                     None if last_time.is_finite() => last_time + frame_step,

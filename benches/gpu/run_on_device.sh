@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The GPU benchmark in one go, for a CUDA machine that has PyTorch and
+# nothing else: gpu-bench (the Rust model through libtorch) and
+# torch_reference.py (the same computation in PyTorch), C3D extraction and
+# LocVTP training steps at the released sizes, fp32 and bf16 autocast, in one
+# run on the same GPU. Results: $OUT/gpu_bench.json (every measurement plus a
+# Rust/PyTorch comparison) and $OUT/gpu_bench.log.
+#
+#   bash run_on_device.sh                    # gpu-bench and torch_reference.py beside this script
+#
+# Settings (environment): GPU_BENCH (the binary; default ./gpu-bench beside
+# this script, else target/release/gpu-bench of the checkout), PYTHON
+# (python3), DEVICE (cuda), MODEL (full), EXTRACT_BATCH (32), TRAIN_BATCH (8),
+# WARMUP (5), ITERS (20), STEP_TIMEOUT (seconds per command, 300).
+# DEVICE=cpu MODEL=tiny EXTRACT_BATCH=4 TRAIN_BATCH=2 ITERS=2 WARMUP=1 checks
+# the plumbing on a machine without a GPU.
+set -uo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PY="${PYTHON:-python3}"
+DEVICE="${DEVICE:-cuda}"
+MODEL="${MODEL:-full}"
+EXTRACT_BATCH="${EXTRACT_BATCH:-32}"
+TRAIN_BATCH="${TRAIN_BATCH:-8}"
+WARMUP="${WARMUP:-5}"
+ITERS="${ITERS:-20}"
+STEP_TIMEOUT="${STEP_TIMEOUT:-300}"
+OUTDIR="${OUT:-$HERE/out}"
+mkdir -p "$OUTDIR"
+LOG="$OUTDIR/gpu_bench.log"
+LINES="$OUTDIR/gpu_bench.jsonl"
+: >"$LOG"
+: >"$LINES"
+
+BIN="${GPU_BENCH:-}"
+if [ -z "$BIN" ]; then
+  for c in "$HERE/gpu-bench" "$HERE/../../target/release/gpu-bench"; do
+    if [ -x "$c" ]; then BIN="$c"; break; fi
+  done
+fi
+if [ -z "$BIN" ] || [ ! -x "$BIN" ]; then
+  echo "error: no gpu-bench binary (put it beside this script or set GPU_BENCH)" | tee -a "$LOG" >&2
+  exit 1
+fi
+REF="$HERE/torch_reference.py"
+
+log() { printf '%s\n' "$*" | tee -a "$LOG" >&2; }
+
+# The binary links libtorch by name: take the one of this machine's torch.
+TORCH_LIB="$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')" || {
+  log "error: $PY cannot import torch"
+  exit 1
+}
+export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+log "== machine"
+log "$(date -u +%FT%TZ) $(uname -srm)"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee -a "$LOG" >&2
+"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())' 2>&1 | tee -a "$LOG" >&2
+log "binary: $BIN"
+log "torch lib: $TORCH_LIB"
+log "$(ldd "$BIN" 2>&1 | grep -E 'torch|c10|not found' || true)"
+if ldd "$BIN" | grep -q 'not found'; then
+  log "error: the binary has unresolved libraries (above)"
+  exit 1
+fi
+
+status=0
+# Each command prints JSON lines (kept) and progress (logged). One that
+# fails or hangs is logged and the rest still run.
+run() {
+  log "== $*"
+  local start=$SECONDS
+  timeout "$STEP_TIMEOUT" "$@" 2>>"$LOG" | tee -a "$LINES" >>"$LOG"
+  local rc=${PIPESTATUS[0]}
+  log "-- exit $rc after $((SECONDS - start)) s"
+  [ "$rc" -eq 0 ] || status=1
+}
+
+common=(--device "$DEVICE" --model "$MODEL" --warmup "$WARMUP" --iters "$ITERS"
+  --extract-batch "$EXTRACT_BATCH" --train-batch "$TRAIN_BATCH")
+# Rust and PyTorch alternate task by task, so that clock or thermal drift
+# over the run does not favour one side.
+for task in extract train; do
+  run "$BIN" "${common[@]}" --task "$task" --precision both
+  run "$PY" "$REF" "${common[@]}" --task "$task" --precision both
+done
+# The classic contiguous NCDHW input, against the channels-last input that
+# the decoder's frame layout gives for free.
+run "$BIN" "${common[@]}" --task extract --precision both --layout contiguous
+run "$PY" "$REF" "${common[@]}" --task extract --precision both --layout contiguous
+
+"$PY" - "$LINES" "$OUTDIR/gpu_bench.json" <<'PYEOF' 2>&1 | tee -a "$LOG" >&2
+import json, sys
+lines, out = sys.argv[1], sys.argv[2]
+results = [json.loads(l) for l in open(lines) if l.startswith("{")]
+key = lambda r: (r["task"], r["precision"], r["layout"])
+rust = {key(r): r for r in results if r["impl"] == "rust-tch"}
+torch = {key(r): r for r in results if r["impl"] == "pytorch"}
+comparison = []
+print(f"{'task':<8} {'precision':<14} {'layout':<14} {'rust':>10} {'pytorch':>10} {'rust/pytorch':>13}")
+for k in sorted(set(rust) | set(torch)):
+    r, t = rust.get(k), torch.get(k)
+    row = {"task": k[0], "precision": k[1], "layout": k[2], "unit": (r or t)["unit"] + "/s",
+           "rust_per_s": r and r["per_s"], "pytorch_per_s": t and t["per_s"],
+           "rust_over_pytorch": (r["per_s"] / t["per_s"]) if r and t else None}
+    comparison.append(row)
+    fmt = lambda v: f"{v:10.1f}" if v is not None else f"{'-':>10}"
+    ratio = f"{row['rust_over_pytorch']:13.3f}" if row["rust_over_pytorch"] else f"{'-':>13}"
+    print(f"{k[0]:<8} {k[1]:<14} {k[2]:<14} {fmt(row['rust_per_s'])} {fmt(row['pytorch_per_s'])} {ratio}  {row['unit']}")
+json.dump({"results": results, "comparison": comparison}, open(out, "w"), indent=1)
+print("wrote", out)
+PYEOF
+rm -f "$LINES"
+exit $status
