@@ -11,6 +11,7 @@ pub mod decode;
 pub mod encode;
 pub mod messages;
 pub mod stats;
+pub mod text_cache;
 pub mod train;
 pub mod writer;
 

@@ -12,6 +12,8 @@ pub struct RunStats {
     pub frames_decoded: AtomicU64,
     pub clips_encoded: AtomicU64,
     pub clips_written: AtomicU64,
+    /// Captions the frozen text encoder actually ran on (cache misses).
+    pub text_forwards: AtomicU64,
     /// Nanoseconds the encoder spent waiting for a batch.
     pub encoder_wait_ns: AtomicU64,
     /// Nanoseconds the encoder spent computing.

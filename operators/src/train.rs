@@ -18,7 +18,6 @@ use crossbeam_channel::{bounded, TrySendError};
 use locvtp_media::decode::{decode_video, DecodeOptions};
 use locvtp_media::sampling::{caption_frame_range, segment_frame_indices};
 use locvtp_model::loss::{Draws, LossWeights};
-use locvtp_model::text::{TextBatch, TextEncoder};
 use locvtp_model::train::{forward_losses, gradients, parameter_names, set_gradients, zero_gradients, Adam, MultiStepLr};
 use locvtp_model::LocVtp;
 use rand::SeedableRng;
@@ -246,6 +245,9 @@ pub struct StepReport {
     pub terms: Vec<(String, f64)>,
     pub samples_per_s: f64,
     pub data_wait_share: f64,
+    /// Captions run through the text encoder so far by this process; it
+    /// stops growing once every caption is cached.
+    pub text_encoder_forwards: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -262,11 +264,11 @@ pub struct TrainConfig {
     pub first_step: u64,
 }
 
-/// One replica, its optimiser and frozen text encoder.
+/// One replica, its optimiser and frozen text encoder (behind its cache).
 pub struct Replica {
     pub model: LocVtp,
     pub adam: Adam,
-    pub text: TextEncoder,
+    pub text: crate::text_cache::TextCache,
 }
 
 /// libtorch's random generator (dropout) is process-wide: a worker seeds it
@@ -299,9 +301,6 @@ fn shard_range(total: usize, shards: usize, k: usize) -> std::ops::Range<usize> 
     (k * per).min(total)..((k + 1) * per).min(total)
 }
 
-fn text_batch(enc: &TextEncoder, texts: &[&str]) -> TextBatch {
-    enc.encode(texts).unwrap_or_else(|e| panic!("text encoder failed: {e:#}"))
-}
 
 /// Trains on `samples`; emits one report per step (on worker 0).
 pub fn train<'s>(
@@ -324,6 +323,7 @@ pub fn train<'s>(
         busy: Duration::ZERO,
     }));
 
+    let apply_stats = stats.clone();
     // Forward and backward on this worker's share of each step.
     let fwd_shared = shared.clone();
     let fwd_cfg = cfg.clone();
@@ -372,8 +372,10 @@ pub fn train<'s>(
                     }
                     let clips = Tensor::from_slice(&pixels).reshape([n as i64, t, f, size, size, 3]);
                     let texts: Vec<&str> = local.iter().map(|s| s.text.as_str()).collect();
+                    let forwards_before = sh.replica.text.forwards;
+                    let text = sh.replica.text.batch(&texts).unwrap_or_else(|e| panic!("text encoder failed: {e:#}"));
+                    let text_forwards = sh.replica.text.forwards - forwards_before;
                     let rep = &sh.replica;
-                    let text = text_batch(&rep.text, &texts);
                     let draw_seed = cfg.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ((index as u64) << 56);
                     let mut rng = ChaCha8Rng::seed_from_u64(draw_seed);
                     let draws = Draws::sample(n as i64, t, &text.word_lens, &mut rng);
@@ -388,6 +390,7 @@ pub fn train<'s>(
                         (flatten(&gradients(&rep.model), n as f64), values)
                     };
                     RunStats::add(&stats.clips_encoded, n as u64);
+                    RunStats::add(&stats.text_forwards, text_forwards);
                     let mut session = output.session(&cap);
                     for k in 0..peers {
                         let range = shard_range(flat.len(), peers, k);
@@ -494,6 +497,7 @@ pub fn train<'s>(
                     terms: shards.first().map(|s| s.terms.clone()).unwrap_or_default(),
                     samples_per_s: f64::from(samples) / last_report.elapsed().as_secs_f64().max(1e-9),
                     data_wait_share: if wait + busy > 0.0 { wait / (wait + busy) } else { 0.0 },
+                    text_encoder_forwards: RunStats::get(&apply_stats.text_forwards),
                 };
                 last_report = Instant::now();
                 sh.wait = Duration::ZERO;

@@ -1,6 +1,7 @@
 //! `locvtp-flow`: pre-train LocVTP video-text models and extract clip
 //! features, as timely-dataflow graphs described by TOML files.
 
+mod bench;
 mod graph;
 mod inspect;
 mod run;
@@ -68,6 +69,9 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         w_fg: f64,
     },
+    /// Decode throughput against FFmpeg's CLI and Python loaders, and
+    /// extraction end to end against its decode and encode halves.
+    Bench(bench::BenchArgs),
     /// Write the deterministic demo set (narrated videos of moving shapes).
     DemoData {
         /// Output folder.
@@ -173,6 +177,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Bench(args) => bench::main(&args),
         Command::DemoData { out, seed } => match locvtp_media::synth::write_demo_set(&out, seed) {
             Ok(m) => {
                 eprintln!("demo set: {} videos in {}", m.videos.len(), out.display());

@@ -3,7 +3,9 @@
 //! every bad one must be named in errors.jsonl (video id, stage, reason)
 //! and counted in summary.json, and the run still exits 0.
 
-use locvtp_tests::{extract_graph, ffmpeg, ffprobe_frames, ffprobe_value, make_video, read_errors, read_summary, run_flow};
+use locvtp_tests::{
+    extract_graph, ffmpeg, ffprobe_frames, ffprobe_value, make_video, read_errors, read_summary, run_flow,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
@@ -89,7 +91,8 @@ fn make_corpus(v: &Path) -> Vec<Case> {
         args.push(s(&out));
         ffmpeg(&args);
     };
-    let x264 = |pix: &'static str| -> Vec<&'static str> { vec!["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", pix] };
+    let x264 =
+        |pix: &'static str| -> Vec<&'static str> { vec!["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", pix] };
 
     // Good videos from the project's own synthetic generator.
     make_video(&p("good.mp4"), 64, 48, (25, 1), 1.0);
@@ -102,8 +105,22 @@ fn make_corpus(v: &Path) -> Vec<Case> {
     let cover = v.parent().unwrap().join("cover.png");
     ffmpeg(&["-f", "lavfi", "-i", "testsrc2=size=64x48", "-frames:v", "1", s(&cover)]);
     ffmpeg(&[
-        "-f", "lavfi", "-i", "sine=frequency=440:duration=0.5", "-i", s(&cover),
-        "-map", "0", "-map", "1", "-c:a", "aac", "-c:v", "png", "-disposition:v:0", "attached_pic",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:duration=0.5",
+        "-i",
+        s(&cover),
+        "-map",
+        "0",
+        "-map",
+        "1",
+        "-c:a",
+        "aac",
+        "-c:v",
+        "png",
+        "-disposition:v:0",
+        "attached_pic",
         s(&p("audio_cover.mp4")),
     ]);
 
@@ -154,8 +171,21 @@ fn make_corpus(v: &Path) -> Vec<Case> {
     for (i, size) in ["64x48", "48x64"].iter().enumerate() {
         let part = v.parent().unwrap().join(format!("part{i}.h264"));
         ffmpeg(&[
-            "-f", "lavfi", "-i", &format!("testsrc2=size={size}:rate=25"), "-frames:v", "10",
-            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-f", "h264", s(&part),
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc2=size={size}:rate=25"),
+            "-frames:v",
+            "10",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "h264",
+            s(&part),
         ]);
         raw.extend(std::fs::read(&part).unwrap());
     }
@@ -248,7 +278,8 @@ fn bad_inputs_are_named_and_good_ones_all_come_out() {
             Expect::Features => {
                 let path = v.join(case.file);
                 let frames = ffprobe_frames(&path);
-                let (values, shape) = features.get(id).unwrap_or_else(|| panic!("{id}: missing from the HDF5 file; {stderr}"));
+                let (values, shape) =
+                    features.get(id).unwrap_or_else(|| panic!("{id}: missing from the HDF5 file; {stderr}"));
                 assert_eq!(frames_attr(&h5, id), frames, "{id}: frames decoded");
                 assert_eq!(shape[0] as u64, frames.div_ceil(CLIP), "{id}: {frames} frames");
                 assert_eq!(shape[1], 16, "{id}: feature size");

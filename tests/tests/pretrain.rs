@@ -144,4 +144,32 @@ fn pretraining_trains_checkpoints_resumes_and_feeds_extraction() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let feats = locvtp_store::read_all(&ex_out.join("features.h5"), "c3d_features").unwrap();
     assert_eq!(feats.len(), 4);
+
+    // And the evaluate graph scores it: retrieval over the narration's
+    // caption clips, grounding on one annotation per scene.
+    let grounding = dir.path().join("grounding.txt");
+    let lines: String = (0..4).flat_map(|i| [format!("v{i} 0.0 1.2##first scene\n"), format!("v{i} 1.2 2.4##second scene\n")]).collect();
+    std::fs::write(&grounding, lines).unwrap();
+    let eval_out = dir.path().join("eval");
+    let graph = dir.path().join("evaluate.toml");
+    let text = extract_graph(&dir.path().join("data/videos"), &eval_out, &extra).replace(
+        "[stages.write]\ntype = \"hdf5_writer\"",
+        &format!(
+            "[stages.evaluate]\ntype = \"evaluate\"\nnarration = \"{}\"\nmin_seconds = 0.5\nmax_seconds = 1.5\ngrounding = \"{}\"",
+            dir.path().join("data/narration").display(),
+            grounding.display()
+        ),
+    );
+    std::fs::write(&graph, text).unwrap();
+    let o = run_flow(dir.path(), &["run", graph.to_str().unwrap(), "-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(eval_out.join("evaluation.json")).unwrap()).unwrap();
+    let queries = r["retrieval"]["queries"].as_u64().unwrap();
+    assert!(queries >= 8, "{r}");
+    assert!((r["retrieval"]["chance"]["R@1"].as_f64().unwrap() - 1.0 / queries as f64).abs() < 1e-12);
+    assert_eq!(r["grounding"]["queries"], 8);
+    for k in ["R@1_IoU0.3", "R@1_IoU0.5", "R@1_IoU0.7", "mIoU"] {
+        let (m, rnd) = (r["grounding"][k].as_f64().unwrap(), r["grounding"]["random"][k].as_f64().unwrap());
+        assert!((0.0..=1.0).contains(&m) && (0.0..=1.0).contains(&rnd), "{k}: {m} {rnd}");
+    }
 }

@@ -92,7 +92,11 @@ impl Setup {
         assert_eq!(summary["videos"]["processed"], (VIDEOS - spooled_before) as u64, "{summary}");
         assert_eq!(summary["videos"]["failed"], 0, "{summary}");
         assert_eq!(summary["interrupted"], false, "{summary}");
-        assert_eq!(summary["clips"], 4 * (VIDEOS - spooled_before) as u64, "clips computed by the second run: {summary}");
+        assert_eq!(
+            summary["clips"],
+            4 * (VIDEOS - spooled_before) as u64,
+            "clips computed by the second run: {summary}"
+        );
         let ids = locvtp_store::list_videos(&self.h5()).unwrap();
         assert_eq!(ids.len(), VIDEOS, "{ids:?}");
         assert_eq!(&features(&self.h5()), reference, "resumed features differ from an uninterrupted run");

@@ -267,7 +267,7 @@ fn registry_names_are_unique_and_every_variant_is_registered() {
         .filter(|t| t.is_sink())
         .map(|t| t.name)
         .collect();
-    assert_eq!(sinks, ["hdf5_writer", "checkpoints", "metrics"]);
+    assert_eq!(sinks, ["hdf5_writer", "checkpoints", "metrics", "evaluate"]);
 }
 
 #[test]

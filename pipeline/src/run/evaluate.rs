@@ -257,3 +257,32 @@ pub fn print_table(r: &serde_json::Value) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iou_of_overlapping_nested_and_disjoint_windows() {
+        assert!((iou((0.0, 2.0), (1.0, 3.0)) - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(iou((1.0, 2.0), (0.0, 4.0)), 0.25);
+        assert_eq!(iou((0.0, 1.0), (2.0, 3.0)), 0.0);
+        assert_eq!(iou((1.0, 1.0), (1.0, 1.0)), 0.0);
+    }
+
+    #[test]
+    fn clip_spans_follow_stride_and_stop_at_the_video_end() {
+        let geo = Geometry { clip_frames: 16.0, stride: 8.0 };
+        let v = VideoFeatures { values: vec![], clips: 5, dim: 1, fps: 8.0, frames: 40 };
+        assert_eq!(geo.span(&v, 0, 0), (0.0, 2.0));
+        assert_eq!(geo.span(&v, 1, 2), (1.0, 4.0));
+        assert_eq!(geo.span(&v, 4, 4), (4.0, 5.0));
+    }
+
+    #[test]
+    fn window_embedding_is_the_normalised_mean() {
+        let rows = Tensor::from_slice(&[3.0f64, 0.0, 0.0, 4.0]).reshape([2, 2]);
+        let e = window_embedding(&rows, 0, 1);
+        assert!((e.double_value(&[0]) - 0.6).abs() < 1e-12 && (e.double_value(&[1]) - 0.8).abs() < 1e-12);
+    }
+}

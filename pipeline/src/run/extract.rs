@@ -343,6 +343,7 @@ pub fn run_extract(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result
         }
     }
     drop(progress);
+    let stop_requested = super::interrupt::requested(&interrupted);
 
     let reports = std::mem::take(&mut *reports.lock().unwrap());
     let mut outputs = BTreeMap::new();
@@ -364,7 +365,9 @@ pub fn run_extract(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result
             fatal = Some(format!("writing {name}: {e}"));
         }
     }
-    if cluster.is_first_process() {
+    // Metrics over the videos done before an interrupt would describe a
+    // subset that nobody asked for.
+    if cluster.is_first_process() && !stop_requested {
         for (name, videos) in std::mem::take(&mut *collected.lock().unwrap()) {
             let (opts, model) = &plan.evals[&name];
             let features = videos
@@ -387,8 +390,9 @@ pub fn run_extract(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result
         failed: RunStats::get(&stats.videos_failed) + rejected.len() as u64,
     };
     let mut summary = RunSummary::new(graph, "extract", cluster, started.elapsed(), videos, &stats, outputs, fatal);
-    // On process 0 the writer decides (it skipped assembly); elsewhere only
-    // the local request is known.
-    summary.interrupted = kept || (!cluster.is_first_process() && super::interrupt::requested(&interrupted));
+    // On process 0 a writer decides (it skipped assembly; a request that came
+    // after the file was written changes nothing); without a writer, or on
+    // another process, the request itself does.
+    summary.interrupted = kept || (stop_requested && (plan.writers.is_empty() || !cluster.is_first_process()));
     Ok(summary)
 }

@@ -244,6 +244,16 @@ fn steps_per_epoch(n: usize, batch: usize, peers: usize) -> u64 {
     (n / batch + usize::from(rem != 0 && rem >= peers)) as u64
 }
 
+/// Caption embeddings are cached per user, so that every run on the same
+/// captions with the same encoder reuses them (`LOCVTP_CACHE`, by default
+/// `~/.cache/locvtp-flow`).
+fn text_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("LOCVTP_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/locvtp-flow")))?;
+    Some(base.join("text-embeddings"))
+}
+
 fn append_line(path: &Path, line: &str) {
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = writeln!(f, "{line}");
@@ -378,7 +388,10 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
                 }
                 (Adam::new(&model), 0)
             };
-            let text = TextEncoder::load(&plan.text_dir, device).expect("checked in prepare");
+            let text = locvtp_operators::text_cache::TextCache::new(
+                TextEncoder::load(&plan.text_dir, device).expect("checked in prepare"),
+                text_cache_dir(),
+            );
             let batch = tr.batch_size.max(1);
             // Worker 0 knows the clip count; the others only need a nonzero
             // value to name epochs, which worker 0 alone reports.
@@ -405,6 +418,7 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
                 let mut line = serde_json::json!({
                     "step": r.step + 1, "epoch": r.epoch, "lr": r.lr, "samples": r.samples,
                     "samples_per_s": r.samples_per_s, "data_wait_share": r.data_wait_share,
+                    "text_encoder_forwards": r.text_encoder_forwards,
                 });
                 for (k, v) in &r.terms {
                     line[k.as_str()] = serde_json::json!(v);
@@ -481,10 +495,12 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
                 jobs.sort_by_key(|(t, j)| (*t, j.item.id.clone()));
                 let window = plan.max_in_flight as u64;
                 for (t, job) in jobs {
+                    // Nothing earlier than `t` will be sent: saying so first
+                    // lets the steps before it complete while we wait.
+                    jobs_in.advance_to(t);
                     while probe_b.less_than(&t.saturating_sub(window)) {
                         worker.step_or_park(None);
                     }
-                    jobs_in.advance_to(t);
                     jobs_in.send(job);
                 }
             }

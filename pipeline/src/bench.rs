@@ -1,0 +1,557 @@
+//! `locvtp-flow bench`: the decode stage against the physical limit and the
+//! peers, and extraction end to end against its two halves, in one run on
+//! the same videos.
+//!
+//! Decode: clips per second of our decode stage (one FFmpeg pass, libavfilter
+//! scale + crop to 112x112 RGB, dense 16-frame clips), on one decoder thread
+//! and with N decoder threads; the FFmpeg command line doing the same
+//! resize and crop on one thread (the limit a loader built on FFmpeg can
+//! reach); and the Python loaders of `benches/ratio_peers.py` (the released
+//! code's reopen-and-seek PyAV loader, decord, torchcodec) where they are
+//! installed. Each figure is the best of `--repeat` runs and is printed with
+//! its ratio to ours.
+//!
+//! End to end: the decode stage alone, the encoder alone on as many
+//! synthetic clips at the same batch size, and `locvtp-flow run` of an
+//! extraction graph over the same videos; extraction should take at most
+//! 1.15 x the slower half, i.e. decoding and encoding overlap.
+
+use crate::graph;
+use crate::run::{self, Cluster, RunFlags};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use locvtp_media::decode::{decode_video, probe, DecodeOptions};
+use locvtp_media::sampling::{DenseClipper, Tail};
+use locvtp_model::{normalise_u8_clips, ModelConfig};
+use locvtp_operators::encode::{load_encoder, EncodeConfig, Layer};
+use serde_json::{json, Value};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tch::{Kind, Tensor};
+
+/// The Python peers, carried in the binary so that the benchmark runs from
+/// any folder.
+const PEERS_PY: &str = include_str!("../../benches/ratio_peers.py");
+
+const CLIP: usize = 16;
+const SIZE: u32 = 112;
+const FRAME_BYTES: usize = (SIZE * SIZE * 3) as usize;
+/// Generated videos: a movie-like 2.35:1 frame and 720p.
+const SHAPES: [(u32, u32); 2] = [(640, 272), (1280, 720)];
+const FPS: u32 = 25;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Working folder: generated videos, the extraction run, bench.json.
+    #[arg(long, default_value = "runs/bench")]
+    out: PathBuf,
+    /// Measure these videos instead of generated ones (repeatable).
+    #[arg(long = "video", value_name = "FILE")]
+    videos: Vec<PathBuf>,
+    /// Generated videos per frame size (640x272 and 1280x720).
+    #[arg(long, default_value_t = 3)]
+    count: usize,
+    /// Length of each generated video, seconds (25 fps).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Key-frame interval of the generated videos, frames (250 is libx264's
+    /// default; web video often uses 2-5 s).
+    #[arg(long, default_value_t = 250)]
+    gop: u32,
+    /// Decoder threads of the parallel measurements (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed runs of each measurement; the fastest counts.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Python with torch and the peers installed (default: .venv/bin/python,
+    /// else python3).
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Leave out the Python peers.
+    #[arg(long)]
+    no_python: bool,
+    /// Leave out the end-to-end extraction measurement.
+    #[arg(long)]
+    no_e2e: bool,
+    /// Model of the end-to-end measurement.
+    #[arg(long, default_value = "configs/c3d-small.toml")]
+    model: PathBuf,
+    /// Device of the end-to-end measurement.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Encoder batch size of the end-to-end measurement.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+}
+
+/// One set of videos measured together.
+struct VideoSet {
+    label: String,
+    paths: Vec<PathBuf>,
+    frames: u64,
+    clips: u64,
+    kbps: f64,
+}
+
+fn load_avg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn have_ffmpeg() -> bool {
+    Command::new("ffmpeg").arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// Fastest of `repeat` runs of `f`, which returns what it delivered.
+fn best_of<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<(Duration, T)> {
+    let mut best: Option<(Duration, T)> = None;
+    for _ in 0..repeat.max(1) {
+        let t = Instant::now();
+        let out = f()?;
+        let d = t.elapsed();
+        if best.as_ref().is_none_or(|(b, _)| d < *b) {
+            best = Some((d, out));
+        }
+    }
+    Ok(best.expect("at least one run"))
+}
+
+/// Decodes one video as the decode stage and the dense clip sampler do;
+/// returns (frames, clips).
+fn decode_clips(path: &Path, codec_threads: usize) -> Result<(u64, u64)> {
+    let opts = DecodeOptions { codec_threads, chunk_frames: CLIP, frame_size: SIZE };
+    let mut clipper = DenseClipper::new(CLIP, CLIP, Tail::Pad, FRAME_BYTES);
+    let mut clips = 0u64;
+    let summary = decode_video(path, &opts, |chunk| {
+        for i in 0..chunk.len() {
+            for clip in clipper.push(chunk.frame(i)) {
+                std::hint::black_box(&clip.pixels);
+                clips += 1;
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    clips += clipper.finish().len() as u64;
+    Ok((summary.frames, clips))
+}
+
+/// The videos decoded by `threads` threads, each taking the next video,
+/// one decoder thread per video (the decode operator's `threads`).
+fn decode_parallel(paths: &[PathBuf], threads: usize, codec_threads: usize) -> Result<u64> {
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(|| -> Result<u64> {
+                    let mut clips = 0;
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(p) = paths.get(i) else { return Ok(clips) };
+                        clips += decode_clips(p, codec_threads)?.1;
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("decoder thread panicked")).sum()
+    })
+}
+
+fn ffmpeg_cli(path: &Path) -> Result<()> {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-threads", "1", "-i"])
+        .arg(path)
+        .args(["-vf", "scale=-2:112,crop=112:112", "-f", "rawvideo", "-pix_fmt", "rgb24", "-y", "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .context("running ffmpeg")?;
+    if !out.status.success() {
+        bail!("ffmpeg failed on {}: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Generates `count` videos of `w`x`h` with FFmpeg's test pattern and a
+/// little temporal noise (so that the encoder has detail to code), H.264
+/// (libx264, crf 23, preset medium, yuv420p), kept between runs.
+fn generate(dir: &Path, w: u32, h: u32, args: &BenchArgs) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut out = Vec::new();
+    for i in 0..args.count {
+        let path = dir.join(format!("gen-{w}x{h}-{}s-g{}-{i}.mp4", args.seconds, args.gop));
+        if !path.exists() {
+            eprintln!("generating {}", path.display());
+            let partial = path.with_extension("partial.mp4");
+            let status = Command::new("ffmpeg")
+                .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])
+                .arg(format!("testsrc2=size={w}x{h}:rate={FPS}:duration={}", args.seconds))
+                .arg("-vf")
+                .arg(format!("noise=alls=4:allf=t:all_seed={}", 1000 + i))
+                .args(["-c:v", "libx264", "-preset", "medium", "-crf", "23", "-pix_fmt", "yuv420p", "-an"])
+                .args(["-g", &args.gop.to_string(), "-y"])
+                .arg(&partial)
+                .stdin(Stdio::null())
+                .status()
+                .context("running ffmpeg to generate test videos")?;
+            if !status.success() {
+                bail!("ffmpeg could not generate {}", partial.display());
+            }
+            std::fs::rename(&partial, &path)?;
+        }
+        out.push(path);
+    }
+    Ok(out)
+}
+
+fn video_set(label: String, paths: Vec<PathBuf>) -> Result<VideoSet> {
+    let (mut frames, mut clips, mut bits, mut secs) = (0, 0, 0.0, 0.0);
+    for p in &paths {
+        let (f, c) = decode_clips(p, 1).with_context(|| format!("{}: cannot decode", p.display()))?;
+        frames += f;
+        clips += c;
+        bits += std::fs::metadata(p)?.len() as f64 * 8.0;
+        secs += probe(p)?.duration_s;
+    }
+    Ok(VideoSet { label, paths, frames, clips, kbps: bits / secs.max(1e-9) / 1e3 })
+}
+
+fn python_for(args: &BenchArgs) -> PathBuf {
+    if let Some(p) = &args.python {
+        return p.clone();
+    }
+    let venv = PathBuf::from(".venv/bin/python");
+    if venv.exists() {
+        return venv;
+    }
+    if let Ok(v) = std::env::var("VIRTUAL_ENV") {
+        let p = Path::new(&v).join("bin/python");
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from("python3")
+}
+
+/// Runs the peers script; one JSON object per peer.
+fn python_peers(args: &BenchArgs, set: &VideoSet) -> Result<Vec<Value>> {
+    let script = args.out.join("ratio_peers.py");
+    std::fs::write(&script, PEERS_PY)?;
+    let out = Command::new(python_for(args))
+        .arg(&script)
+        .args(["--repeat", &args.repeat.to_string()])
+        .args(&set.paths)
+        .stdin(Stdio::null())
+        .output()
+        .context("running the Python peers")?;
+    let peers: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    if !out.status.success() || peers.is_empty() {
+        bail!("the Python peers failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(peers)
+}
+
+struct Row {
+    name: String,
+    threads: usize,
+    clips_per_s: Option<f64>,
+    note: String,
+}
+
+fn print_rows(ours: f64, rows: &[Row]) {
+    println!("  {:<52} {:>7} {:>9} {:>9}", "", "threads", "clips/s", "ours/it");
+    for r in rows {
+        match r.clips_per_s {
+            Some(c) => println!("  {:<52} {:>7} {:>9.1} {:>8.2}x  {}", r.name, r.threads, c, ours / c, r.note),
+            None => println!("  {:<52} {:>7} {:>9} {:>9}  {}", r.name, r.threads, "-", "-", r.note),
+        }
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+fn bench_decode(args: &BenchArgs, set: &VideoSet, threads: usize, ffmpeg: bool) -> Result<Value> {
+    println!(
+        "\n== {}: {} videos, {} frames, {} clips of {CLIP} frames, {:.0} kb/s (best of {}; load {})",
+        set.label,
+        set.paths.len(),
+        set.frames,
+        set.clips,
+        set.kbps,
+        args.repeat,
+        load_avg()
+    );
+    let rate = |d: Duration, clips: u64| clips as f64 / d.as_secs_f64();
+    let mut rows = Vec::new();
+    let mut record = json!({ "videos": set.label, "count": set.paths.len(), "frames": set.frames, "clips": set.clips, "kbps": set.kbps });
+
+    let (d, clips) = best_of(args.repeat, || decode_parallel(&set.paths, 1, 1))?;
+    let ours = rate(d, clips);
+    rows.push(Row { name: "ours: decode stage, 1 decoder thread".into(), threads: 1, clips_per_s: Some(ours), note: String::new() });
+    record["ours_1"] = json!(ours);
+
+    let mut ours_n = None;
+    if threads > 1 {
+        let (d, clips) = best_of(args.repeat, || decode_parallel(&set.paths, threads, 1))?;
+        let r = rate(d, clips);
+        ours_n = Some(r);
+        rows.push(Row {
+            name: format!("ours: {threads} videos at once, 1 thread each"),
+            threads,
+            clips_per_s: Some(r),
+            note: format!("{:.1} per thread", r / threads as f64),
+        });
+        let (d, clips) = best_of(args.repeat, || decode_parallel(&set.paths, 1, threads))?;
+        let r2 = rate(d, clips);
+        rows.push(Row {
+            name: format!("ours: one video at a time, codec_threads={threads}"),
+            threads,
+            clips_per_s: Some(r2),
+            note: format!("{:.1} per thread", r2 / threads as f64),
+        });
+        record["ours_parallel_videos"] = json!(r);
+        record["ours_codec_threads"] = json!(r2);
+        record["threads"] = json!(threads);
+    }
+
+    let mut ffmpeg_rate = None;
+    if ffmpeg {
+        let (d, ()) = best_of(args.repeat, || set.paths.iter().try_for_each(|p| ffmpeg_cli(p)))?;
+        let r = rate(d, set.clips);
+        ffmpeg_rate = Some(r);
+        rows.push(Row {
+            name: "ffmpeg CLI -threads 1 (scale=-2:112,crop, rgb24)".into(),
+            threads: 1,
+            clips_per_s: Some(r),
+            note: "a process per video".into(),
+        });
+        record["ffmpeg_cli"] = json!(r);
+    } else {
+        rows.push(Row { name: "ffmpeg CLI".into(), threads: 1, clips_per_s: None, note: "not found on PATH".into() });
+    }
+
+    let mut reference = None;
+    if !args.no_python {
+        match python_peers(args, set) {
+            Ok(peers) => {
+                for p in &peers {
+                    let name = p["peer"].as_str().unwrap_or("?").to_string();
+                    let version = p["version"].as_str().unwrap_or("");
+                    if p["available"].as_bool() == Some(true) {
+                        let r = p["clips"].as_f64().unwrap_or(0.0) / p["seconds"].as_f64().unwrap_or(f64::INFINITY);
+                        if p["clips"].as_u64() != Some(set.clips) {
+                            eprintln!("warning: {name} delivered {} clips, ours {}", p["clips"], set.clips);
+                        }
+                        if name == "pyav-reference" {
+                            reference = Some(r);
+                        }
+                        rows.push(Row { name: format!("python: {name} {version}"), threads: 1, clips_per_s: Some(r), note: String::new() });
+                    } else {
+                        rows.push(Row {
+                            name: format!("python: {name}"),
+                            threads: 1,
+                            clips_per_s: None,
+                            note: format!("unavailable: {}", p["reason"].as_str().unwrap_or("?")),
+                        });
+                    }
+                }
+                record["python"] = json!(peers);
+            }
+            Err(e) => {
+                rows.push(Row { name: "python peers".into(), threads: 1, clips_per_s: None, note: format!("{e:#}") });
+                record["python_error"] = json!(format!("{e:#}"));
+            }
+        }
+    }
+    print_rows(ours, &rows);
+
+    println!("  targets:");
+    if let Some(f) = ffmpeg_rate {
+        println!("    ours / ffmpeg CLI, one thread each: {:.2} (>= 0.9: {})", ours / f, verdict(ours / f >= 0.9));
+        if let Some(n) = ours_n {
+            let per = n / threads as f64 / f;
+            println!("    ours per decoder thread with {threads} threads / ffmpeg CLI: {per:.2} (>= 0.9: {})", verdict(per >= 0.9));
+        }
+    }
+    if let Some(n) = ours_n {
+        println!(
+            "    scaling, {threads} decoder threads / 1: {:.2}x of an ideal {threads}x ({} cores here)",
+            n / ours,
+            cores()
+        );
+    }
+    if let Some(r) = reference {
+        println!("    ours / reference-style loader: {:.1}x (>= 5: {})", ours / r, verdict(ours / r >= 5.0));
+    }
+    record["load_after"] = json!(load_avg());
+    Ok(record)
+}
+
+/// Time to push `clips` synthetic u8 clips through the encoder, batch by
+/// batch, as the encode operator does (host u8 batch, to the device,
+/// normalise, encode, features back to the host).
+fn encode_only(cfg: &EncodeConfig, clips: u64) -> Result<Duration> {
+    let model = load_encoder(cfg)?;
+    let (b, s, f) = (cfg.batch_size as i64, cfg.model.frame_size, cfg.model.frames_per_segment);
+    let pixels: Vec<u8> = (0..cfg.batch_size * cfg.clip_bytes()).map(|i| (i * 7 % 251) as u8).collect();
+    let batches = clips.div_ceil(cfg.batch_size as u64);
+    let dim = cfg.feature_dim();
+    let t = Instant::now();
+    for _ in 0..batches {
+        let values = tch::no_grad(|| {
+            let u8s = Tensor::from_slice(&pixels).reshape([b, f, s, s, 3]).to_device(model.device());
+            let (_, projected) = model.encode_clips(&normalise_u8_clips(&u8s), false);
+            let out = projected.to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous();
+            let mut v = vec![0f32; cfg.batch_size * dim];
+            out.copy_data(&mut v, cfg.batch_size * dim);
+            v
+        });
+        std::hint::black_box(values);
+    }
+    Ok(t.elapsed())
+}
+
+fn toml_str(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+/// One `locvtp-flow run` of an extraction graph over `paths`.
+fn extraction_run(args: &BenchArgs, paths: &[PathBuf], model: &Path, threads: usize) -> Result<run::summary::RunSummary> {
+    let dir = std::path::absolute(args.out.join("e2e"))?;
+    let videos = dir.join("videos");
+    let output = dir.join("run");
+    let _ = std::fs::remove_dir_all(&videos);
+    let _ = std::fs::remove_dir_all(&output);
+    std::fs::create_dir_all(&videos)?;
+    for p in paths {
+        let target = std::path::absolute(p)?;
+        std::os::unix::fs::symlink(&target, videos.join(p.file_name().context("video without a file name")?))?;
+    }
+    let text = format!(
+        "[run]\noutput_dir = {out}\n\n\
+         [stages.videos]\ntype = \"video_files\"\ndir = {videos}\n\n\
+         [stages.decode]\ntype = \"decode\"\ninputs = [\"videos\"]\nthreads = {threads}\ncodec_threads = 1\n\n\
+         [stages.clips]\ntype = \"dense_clips\"\ninputs = [\"decode\"]\n\n\
+         [stages.encode]\ntype = \"c3d_encode\"\ninputs = [\"clips\"]\nmodel = {model}\ndevice = {device:?}\nbatch_size = {batch}\n\n\
+         [stages.write]\ntype = \"hdf5_writer\"\ninputs = [\"encode\"]\n",
+        out = toml_str(&output),
+        videos = toml_str(&videos),
+        model = toml_str(model),
+        device = args.device,
+        batch = args.batch_size,
+    );
+    let graph_file = dir.join("extract.toml");
+    std::fs::write(&graph_file, text)?;
+    let graph = graph::load(&graph_file, &[] as &[&str]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cluster = Cluster { threads: 1, processes: 1, process: 0, hostfile: None, connect_timeout: Duration::from_secs(60) };
+    let flags = RunFlags { strict: true, quiet: true, resume_only: false };
+    let summary = run::run(&graph, &cluster, &flags)?;
+    if let Some(f) = &summary.fatal {
+        bail!("the extraction run failed: {f}");
+    }
+    Ok(summary)
+}
+
+fn bench_e2e(args: &BenchArgs, sets: &[VideoSet], threads: usize) -> Result<Value> {
+    let paths: Vec<PathBuf> = sets.iter().flat_map(|s| s.paths.iter().cloned()).collect();
+    let clips: u64 = sets.iter().map(|s| s.clips).sum();
+    let model_path = std::path::absolute(&args.model)?;
+    let model = ModelConfig::from_toml_file(&model_path)?;
+    let cfg = EncodeConfig {
+        model,
+        checkpoint: None,
+        layer: Layer::Projection,
+        device: args.device.clone(),
+        batch_size: args.batch_size,
+        queue: 2,
+        seed: 0,
+    };
+    let device = locvtp_model::parse_device(&args.device)?;
+    println!(
+        "\n== end to end: {} videos, {clips} clips; model {} on {device:?}, batch {}, {threads} decoder threads (best of {}; load {})",
+        paths.len(),
+        args.model.display(),
+        args.batch_size,
+        args.repeat,
+        load_avg()
+    );
+    let (decode, _) = best_of(args.repeat, || decode_parallel(&paths, threads, 1))?;
+    let (_, encode) = best_of(args.repeat, || encode_only(&cfg, clips))?;
+    let (full, summary) = best_of(args.repeat, || extraction_run(args, &paths, &model_path, threads))?;
+    if summary.clips != clips {
+        bail!("the extraction run wrote {} clips, expected {clips}", summary.clips);
+    }
+    let rate = |d: Duration| clips as f64 / d.as_secs_f64();
+    println!("  {:<46} {:>8.2} s {:>9.1} clips/s", format!("decode only ({threads} decoder threads)"), decode.as_secs_f64(), rate(decode));
+    println!("  {:<46} {:>8.2} s {:>9.1} clips/s", "encode only (synthetic u8 clips)", encode.as_secs_f64(), rate(encode));
+    println!("  {:<46} {:>8.2} s {:>9.1} clips/s", "extraction (locvtp-flow run, whole process)", full.as_secs_f64(), rate(full));
+    let slower = decode.max(encode).as_secs_f64();
+    let ratio = full.as_secs_f64() / slower;
+    println!("  extraction / max(decode, encode) = {ratio:.2} (<= 1.15: {})", verdict(ratio <= 1.15));
+    println!("  (decode + encode = {:.2} s: the time without any overlap)", decode.as_secs_f64() + encode.as_secs_f64());
+    Ok(json!({
+        "videos": paths.len(), "clips": clips, "model": args.model.display().to_string(), "device": format!("{device:?}"),
+        "batch_size": args.batch_size, "decoder_threads": threads,
+        "decode_s": decode.as_secs_f64(), "encode_s": encode.as_secs_f64(), "extraction_s": full.as_secs_f64(),
+        "ratio": ratio, "encoder_busy_share": summary.encoder_busy_share, "load_after": load_avg(),
+    }))
+}
+
+fn bench(args: &BenchArgs) -> Result<Value> {
+    std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
+    let threads = args.threads.unwrap_or_else(cores).max(1);
+    let ffmpeg = have_ffmpeg();
+    let mut sets = Vec::new();
+    if args.videos.is_empty() {
+        if !ffmpeg {
+            bail!("ffmpeg is not on PATH: it generates the test videos and is one of the peers (or pass --video FILE)");
+        }
+        for (w, h) in SHAPES {
+            let paths = generate(&args.out.join("videos"), w, h, args)?;
+            sets.push(video_set(format!("{w}x{h} H.264, {FPS} fps, GOP {}", args.gop), paths)?);
+        }
+    } else {
+        for p in &args.videos {
+            let info = probe(p)?;
+            sets.push(video_set(format!("{} ({}x{} {})", p.display(), info.width, info.height, info.codec), vec![p.clone()])?);
+        }
+    }
+    println!("locvtp-flow bench: {} cores, decoder threads {threads}; clips/s = 16-frame 112x112 RGB clips delivered per second", cores());
+    let mut decode = Vec::new();
+    for set in &sets {
+        decode.push(bench_decode(args, set, threads, ffmpeg)?);
+    }
+    let e2e = if args.no_e2e { Value::Null } else { bench_e2e(args, &sets, threads)? };
+    let report = json!({ "cores": cores(), "decode": decode, "end_to_end": e2e });
+    let path = args.out.join("bench.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("\nwrote {}", path.display());
+    Ok(report)
+}
+
+/// Entry point of `locvtp-flow bench`.
+pub fn main(args: &BenchArgs) -> ExitCode {
+    match bench(args) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
