@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 
 fn tiny() -> ModelConfig {
     ModelConfig {
-        c3d: C3dConfig { channels: [2, 4, 4, 8, 8], fc_dim: 32, num_classes: 487 },
+        c3d: C3dConfig { channels: [2, 4, 4, 8, 8], fc_dim: 32, num_classes: 487, ..C3dConfig::default() },
         projection_dim: 16,
         text_dim: 384,
         num_segments: 3,
@@ -27,7 +27,7 @@ fn tiny() -> ModelConfig {
 
 fn small() -> ModelConfig {
     ModelConfig {
-        c3d: C3dConfig { channels: [8, 16, 32, 64, 64], fc_dim: 256, num_classes: 487 },
+        c3d: C3dConfig { channels: [8, 16, 32, 64, 64], fc_dim: 256, num_classes: 487, ..C3dConfig::default() },
         projection_dim: 64,
         text_dim: 384,
         num_segments: 4,

@@ -110,7 +110,7 @@ fn model_config(size: ModelSize) -> ModelConfig {
         ModelSize::Full => ([64, 128, 256, 512, 512], 4096, 256, 768, 10),
     };
     ModelConfig {
-        c3d: C3dConfig { channels, fc_dim, num_classes: 487 },
+        c3d: C3dConfig { channels, fc_dim, num_classes: 487, ..C3dConfig::default() },
         projection_dim,
         text_dim,
         num_segments,

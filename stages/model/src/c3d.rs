@@ -40,7 +40,7 @@ impl C3d {
         ];
         let convs = layout
             .iter()
-            .map(|&(name, i, o, pool)| (init::conv3d(vs / name, i, o), pool))
+            .map(|&(name, i, o, pool)| (init::conv3d(vs / name, i, o, cfg.c3d.conv_init), pool))
             .collect();
         let fc = cfg.c3d.fc_dim;
         C3d {

@@ -191,7 +191,7 @@ mod tests {
 
     fn tiny() -> ModelConfig {
         ModelConfig {
-            c3d: C3dConfig { channels: [2, 2, 4, 4, 4], fc_dim: 8, num_classes: 3 },
+            c3d: C3dConfig { channels: [2, 2, 4, 4, 4], fc_dim: 8, num_classes: 3, ..C3dConfig::default() },
             projection_dim: 4,
             text_dim: 6,
             num_segments: 2,

@@ -3,6 +3,21 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Initialisation of C3D's convolutions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvInit {
+    /// PyTorch's default (kaiming-uniform, a = sqrt 5), as the released code
+    /// trains: after eight such layers the clip signal is almost gone
+    /// (pool5 varies across inputs by ~1e-4 of its mean), which a long
+    /// training run overcomes and a minutes-long demo does not.
+    #[default]
+    Pytorch,
+    /// He-normal with zero biases: keeps the signal through the ReLU stack;
+    /// for short runs (the CPU demo).
+    Kaiming,
+}
+
 /// C3D widths. The released network uses `[64, 128, 256, 512, 512]` and a
 /// 4096-d fc6; tests and the CPU demo shrink both to run in seconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -15,11 +30,12 @@ pub struct C3dConfig {
     /// Width of fc8 (the Sports-1M classifier, kept only for checkpoint
     /// compatibility).
     pub num_classes: i64,
+    pub conv_init: ConvInit,
 }
 
 impl Default for C3dConfig {
     fn default() -> Self {
-        C3dConfig { channels: [64, 128, 256, 512, 512], fc_dim: 4096, num_classes: 487 }
+        C3dConfig { channels: [64, 128, 256, 512, 512], fc_dim: 4096, num_classes: 487, conv_init: ConvInit::Pytorch }
     }
 }
 

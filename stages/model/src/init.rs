@@ -30,9 +30,13 @@ pub fn xavier_linear(vs: nn::Path, d_in: i64, d_out: i64) -> nn::Linear {
     )
 }
 
-/// 3x3x3 convolution with padding 1 and PyTorch's default initialisation.
-pub fn conv3d(vs: nn::Path, c_in: i64, c_out: i64) -> nn::Conv3D {
+/// 3x3x3 convolution with padding 1.
+pub fn conv3d(vs: nn::Path, c_in: i64, c_out: i64, how: crate::config::ConvInit) -> nn::Conv3D {
     let fan_in = c_in * 27;
+    let (ws_init, bs_init) = match how {
+        crate::config::ConvInit::Pytorch => (default_uniform(fan_in), default_uniform(fan_in)),
+        crate::config::ConvInit::Kaiming => (nn::init::DEFAULT_KAIMING_NORMAL, Init::Const(0.0)),
+    };
     nn::conv3d(
         vs,
         c_in,
@@ -40,8 +44,8 @@ pub fn conv3d(vs: nn::Path, c_in: i64, c_out: i64) -> nn::Conv3D {
         3,
         nn::ConvConfig {
             padding: 1,
-            ws_init: default_uniform(fan_in),
-            bs_init: default_uniform(fan_in),
+            ws_init,
+            bs_init,
             ..Default::default()
         },
     )

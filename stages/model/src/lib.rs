@@ -12,7 +12,7 @@ pub mod loss;
 pub mod text;
 pub mod train;
 
-pub use config::{C3dConfig, ModelConfig};
+pub use config::{C3dConfig, ConvInit, ModelConfig};
 
 use std::sync::Mutex;
 use tch::nn;
@@ -95,7 +95,7 @@ mod tests {
 
     fn tiny() -> ModelConfig {
         ModelConfig {
-            c3d: C3dConfig { channels: [2, 4, 4, 8, 8], fc_dim: 16, num_classes: 5 },
+            c3d: C3dConfig { channels: [2, 4, 4, 8, 8], fc_dim: 16, num_classes: 5, ..C3dConfig::default() },
             projection_dim: 8,
             text_dim: 12,
             num_segments: 3,

@@ -475,6 +475,7 @@ mod tests {
                 channels: [2, 4, 4, 8, 8],
                 fc_dim: 16,
                 num_classes: 5,
+                ..C3dConfig::default()
             },
             projection_dim: 8,
             text_dim: 12,
