@@ -30,7 +30,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tch::{Kind, Tensor};
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
@@ -248,6 +248,9 @@ pub struct StepReport {
     /// Captions run through the text encoder so far by this process; it
     /// stops growing once every caption is cached.
     pub text_encoder_forwards: u64,
+    pub worker: u32,
+    /// Sum of every parameter tensor after the step: equal on all replicas.
+    pub checksum: Vec<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -262,6 +265,9 @@ pub struct TrainConfig {
     pub steps_per_epoch: u64,
     /// Steps already taken by the checkpoint this run resumed from.
     pub first_step: u64,
+    /// Parts of a global batch (slot % micro_batches), each a separate
+    /// loss computation; part `m` runs on worker `m % workers`.
+    pub micro_batches: usize,
 }
 
 /// One replica, its optimiser and frozen text encoder (behind its cache).
@@ -327,10 +333,11 @@ pub fn train<'s>(
     // Forward and backward on this worker's share of each step.
     let fwd_shared = shared.clone();
     let fwd_cfg = cfg.clone();
+    let parts = cfg.micro_batches.max(1) as u64;
     let grads = samples.unary_frontier(
         Exchange::new(move |m: &SampleMsg| match m {
-            SampleMsg::Sample(s) => u64::from(s.slot),
-            SampleMsg::Failed { slot, .. } => u64::from(*slot),
+            SampleMsg::Sample(s) => u64::from(s.slot) % parts,
+            SampleMsg::Failed { slot, .. } => u64::from(*slot) % parts,
         }),
         "TrainForward",
         move |_cap, info| {
@@ -365,30 +372,51 @@ pub fn train<'s>(
                     sh.wait += waited;
                     local.sort_by_key(|s| s.slot);
                     let n = local.len();
-                    let (t, f, size) = (cfg.num_segments as i64, cfg.frames_per_segment as i64, cfg.frame_size as i64);
-                    let mut pixels = Vec::with_capacity(n * local[0].pixels.len());
+                    let mut by_part: BTreeMap<u64, Vec<&Sample>> = BTreeMap::new();
                     for s in &local {
-                        pixels.extend_from_slice(&s.pixels);
+                        by_part.entry(u64::from(s.slot) % parts).or_default().push(s);
                     }
-                    let clips = Tensor::from_slice(&pixels).reshape([n as i64, t, f, size, size, 3]);
-                    let texts: Vec<&str> = local.iter().map(|s| s.text.as_str()).collect();
-                    let forwards_before = sh.replica.text.forwards;
-                    let text = sh.replica.text.batch(&texts).unwrap_or_else(|e| panic!("text encoder failed: {e:#}"));
-                    let text_forwards = sh.replica.text.forwards - forwards_before;
-                    let rep = &sh.replica;
-                    let draw_seed = cfg.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ((index as u64) << 56);
-                    let mut rng = ChaCha8Rng::seed_from_u64(draw_seed);
-                    let draws = Draws::sample(n as i64, t, &text.word_lens, &mut rng);
-                    let (flat, terms) = {
+                    let (t, f, size) = (cfg.num_segments as i64, cfg.frames_per_segment as i64, cfg.frame_size as i64);
+                    let mut flat: Vec<f32> = Vec::new();
+                    let mut terms: Vec<(String, f64)> = Vec::new();
+                    let mut text_forwards = 0;
+                    for (part, samples) in by_part {
+                        let m = samples.len();
+                        let mut pixels = Vec::with_capacity(m * samples[0].pixels.len());
+                        for s in &samples {
+                            pixels.extend_from_slice(&s.pixels);
+                        }
+                        let clips = Tensor::from_slice(&pixels).reshape([m as i64, t, f, size, size, 3]);
+                        let texts: Vec<&str> = samples.iter().map(|s| s.text.as_str()).collect();
+                        let before = sh.replica.text.forwards;
+                        let text = sh.replica.text.batch(&texts).unwrap_or_else(|e| panic!("text encoder failed: {e:#}"));
+                        text_forwards += sh.replica.text.forwards - before;
+                        let rep = &sh.replica;
+                        // Draws and dropout depend on (seed, step, part)
+                        // only, not on which worker computes the part.
+                        let draw_seed = cfg.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ part.wrapping_mul(0xd1b5_4a32_d192_ed03);
+                        let mut rng = ChaCha8Rng::seed_from_u64(draw_seed);
+                        let draws = Draws::sample(m as i64, t, &text.word_lens, &mut rng);
                         let _guard = FORWARD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
                         tch::manual_seed(draw_seed as i64);
                         zero_gradients(&rep.model);
-                        let terms = forward_losses(&rep.model, &clips, &text, &draws, &cfg.weights);
-                        terms.total.backward();
-                        let values: Vec<(String, f64)> =
-                            terms.values().into_iter().map(|(k, v)| (k.to_string(), v * n as f64)).collect();
-                        (flatten(&gradients(&rep.model), n as f64), values)
-                    };
+                        let part_terms = forward_losses(&rep.model, &clips, &text, &draws, &cfg.weights);
+                        part_terms.total.backward();
+                        let g = flatten(&gradients(&rep.model), m as f64);
+                        if flat.is_empty() {
+                            flat = g;
+                        } else {
+                            for (a, b) in flat.iter_mut().zip(&g) {
+                                *a += b;
+                            }
+                        }
+                        for (k, v) in part_terms.values() {
+                            match terms.iter_mut().find(|(name, _)| name == k) {
+                                Some((_, total)) => *total += v * m as f64,
+                                None => terms.push((k.to_string(), v * m as f64)),
+                            }
+                        }
+                    }
                     RunStats::add(&stats.clips_encoded, n as u64);
                     RunStats::add(&stats.text_forwards, text_forwards);
                     let mut session = output.session(&cap);
@@ -498,14 +526,16 @@ pub fn train<'s>(
                     samples_per_s: f64::from(samples) / last_report.elapsed().as_secs_f64().max(1e-9),
                     data_wait_share: if wait + busy > 0.0 { wait / (wait + busy) } else { 0.0 },
                     text_encoder_forwards: RunStats::get(&apply_stats.text_forwards),
+                    worker: index as u32,
+                    checksum: sh.replica.model.vs.trainable_variables().iter().map(|v| v.sum(Kind::Double).double_value(&[])).collect(),
                 };
                 last_report = Instant::now();
                 sh.wait = Duration::ZERO;
                 sh.busy = Duration::ZERO;
                 if index == 0 {
                     on_step(&sh.replica, &report);
-                    output.session(&cap).give(report);
                 }
+                output.session(&cap).give(report);
                 sh.next_step = step + 1;
                 sh.last_apply = Instant::now();
             }
@@ -521,11 +551,27 @@ pub fn train<'s>(
             }
         }
     })
-    .unary(Pipeline, "StepReports", |_cap, _info| {
-        move |input, output| {
+    .unary_frontier(Exchange::new(|_: &StepReport| 0), "CheckReplicas", |_cap, _info| {
+        // Every replica took the same step: worker 0 compares their
+        // parameter checksums and stops the run at the first difference.
+        let mut acc: BTreeMap<u64, (Capability<u64>, Vec<StepReport>)> = BTreeMap::new();
+        move |(input, frontier), output| {
             input.for_each(|cap, data| {
-                output.session(&cap).give_container(data);
-            })
+                let t = *cap.least().expect("totally ordered");
+                let entry = acc.entry(t).or_insert_with(|| (cap.retain_least(0).expect("totally ordered"), Vec::new()));
+                entry.1.extend(data.drain(..));
+            });
+            let done: Vec<u64> = acc.keys().copied().filter(|t| !frontier.less_equal(t)).collect();
+            for t in done {
+                let (cap, mut reports) = acc.remove(&t).expect("listed");
+                reports.sort_by_key(|r| r.worker);
+                if let Some(bad) = reports.iter().find(|r| r.checksum != reports[0].checksum) {
+                    panic!("replicas diverged at step {}: worker {} differs from worker {}", t + 1, bad.worker, reports[0].worker);
+                }
+                if let Some(first) = reports.into_iter().next() {
+                    output.session(&cap).give(first);
+                }
+            }
         }
     })
 }

@@ -173,3 +173,33 @@ fn pretraining_trains_checkpoints_resumes_and_feeds_extraction() {
         assert!((0.0..=1.0).contains(&m) && (0.0..=1.0).contains(&rnd), "{k}: {m} {rnd}");
     }
 }
+
+#[test]
+fn two_workers_take_the_same_steps_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    make_dataset(&dir.path().join("data"));
+    let fixed = ["--set", "stages.train.micro_batches=2"];
+    let one = run_pretrain(dir.path(), "one", &dir.path().join("one"), 2, &fixed);
+    let mut args = fixed.to_vec();
+    args.extend_from_slice(&["-w", "2"]);
+    let two = run_pretrain(dir.path(), "two", &dir.path().join("two"), 2, &args);
+    assert!(one.len() >= 3, "{} steps", one.len());
+    assert_eq!(one.len(), two.len());
+    for (a, b) in one.iter().zip(&two) {
+        for term in ["coarse", "splice", "fg_vid", "fg_word", "total"] {
+            let (x, y) = (a[term].as_f64().unwrap(), b[term].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-6), "step {} {term}: {x} vs {y}", a["step"]);
+        }
+    }
+
+    // The same graph on a two-process loopback cluster: one set of outputs.
+    let graph = dir.path().join("cluster.toml");
+    let out = dir.path().join("cluster");
+    std::fs::write(&graph, pretrain_graph(&dir.path().join("data"), &out, 1)).unwrap();
+    for (p, o) in locvtp_tests::run_cluster(dir.path(), &graph, 2, 1).iter().enumerate() {
+        assert!(o.status.success(), "process {p}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().count();
+    assert_eq!(lines, one.len() / 2, "one metrics line per step, written once");
+    assert!(out.join("checkpoints/last.safetensors").exists());
+}

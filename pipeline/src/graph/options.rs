@@ -527,6 +527,12 @@ pub struct TrainOptions {
     /// Weights to start from when not resuming.
     #[serde(default)]
     pub init_checkpoint: Option<PathBuf>,
+    /// Parts each global batch is split into, each with its own in-batch
+    /// negatives and random draws, spread over the workers. Default: one
+    /// per worker. Fixing it makes runs on different numbers of workers
+    /// take the same steps.
+    #[serde(default)]
+    pub micro_batches: Option<usize>,
 }
 
 fn default_epochs() -> usize {

