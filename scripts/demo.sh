@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The demo: installs what is missing, builds in release mode, generates the
-# demo videos with their narration, and runs the demo graphs.
+# demo videos with their narration, pre-trains LocVTP on them, evaluates the
+# checkpoint against random weights, and extracts clip features of the
+# held-out videos with it. Extra arguments go to every `run` (e.g. -w 2).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -9,5 +11,10 @@ source scripts/env.sh
 cargo build --locked --release -p locvtp-flow
 BIN="$CARGO_TARGET_DIR/release/locvtp-flow"
 "$BIN" demo-data --out data/demo
-# Clip features of the held-out demo videos with the full C3D on CPU or GPU.
-"$BIN" run graphs/extract.toml "$@"
+"$BIN" run graphs/pretrain.toml "$@"
+"$BIN" run graphs/evaluate.toml "$@"
+"$BIN" run graphs/evaluate-random.toml "$@"
+"$BIN" run graphs/extract.toml \
+  --set stages.encode.model=configs/c3d-small.toml \
+  --set stages.encode.checkpoint=runs/pretrain/checkpoints/last.safetensors \
+  --set run.output_dir=runs/extract-demo "$@"

@@ -1,7 +1,7 @@
 //! Decode + preprocess (FFmpeg decode, libavfilter scale and crop to
 //! 112x112 RGB) and clip sampling, on a small generated H.264 video.
 
-use criterion::{criterion_group, criterion_main, SamplingMode, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
 use locvtp_media::decode::{decode_video, probe, DecodeOptions};
 use locvtp_media::sampling::{segment_frame_indices, DenseClipper, Tail};
 use locvtp_media::synth::{write_video, Background, Colour, Motion, Scene, Shape, SynthSpec};
@@ -34,7 +34,10 @@ fn scenes(seconds: f64) -> Vec<Scene> {
 
 /// Decodes the whole video, handing every frame to `per_frame`.
 fn decode_all(path: &Path, mut per_frame: impl FnMut(&[u8])) -> u64 {
-    let opts = DecodeOptions { codec_threads: 1, ..DecodeOptions::default() };
+    let opts = DecodeOptions {
+        codec_threads: 1,
+        ..DecodeOptions::default()
+    };
     let summary = decode_video(path, &opts, |chunk| {
         for i in 0..chunk.len() {
             per_frame(chunk.frame(i));
@@ -58,7 +61,9 @@ fn bench_decode(c: &mut Criterion) {
     // sample keeps the run short.
     g.sampling_mode(SamplingMode::Flat);
     g.throughput(Throughput::Elements(1));
-    g.bench_function("probe_640x272", |b| b.iter(|| black_box(probe(&path).unwrap())));
+    g.bench_function("probe_640x272", |b| {
+        b.iter(|| black_box(probe(&path).unwrap()))
+    });
     g.throughput(Throughput::Elements(frames));
     g.bench_function("decode_scale_crop_640x272_75f", |b| {
         b.iter(|| {
@@ -82,11 +87,18 @@ fn bench_decode(c: &mut Criterion) {
 fn bench_sampling(c: &mut Criterion) {
     // Distinct frame contents so that nothing is shared between buffers.
     let frames: Vec<Vec<u8>> = (0..160u32)
-        .map(|i| (0..FRAME_BYTES as u32).map(|j| (i * 31 + j) as u8).collect())
+        .map(|i| {
+            (0..FRAME_BYTES as u32)
+                .map(|j| (i * 31 + j) as u8)
+                .collect()
+        })
         .collect();
     let mut g = c.benchmark_group("sampling");
     g.throughput(Throughput::Elements(frames.len() as u64));
-    for (name, stride) in [("dense_clipper_160f_stride16", 16), ("dense_clipper_160f_stride8", 8)] {
+    for (name, stride) in [
+        ("dense_clipper_160f_stride16", 16),
+        ("dense_clipper_160f_stride8", 8),
+    ] {
         g.bench_function(name, |b| {
             b.iter_batched(
                 || DenseClipper::new(CLIP, stride, Tail::Pad, FRAME_BYTES),

@@ -44,6 +44,7 @@ pub fn decode<'s>(
                 .name(format!("decode-{i}"))
                 .spawn(move || {
                     for (t, item) in job_rx {
+                        RunStats::add(&stats.decode_passes, 1);
                         let send = |msg: FrameMsg| {
                             let ok = res_tx.send((t, msg)).is_ok();
                             let _ = activator.activate();

@@ -10,6 +10,8 @@ pub struct RunStats {
     pub videos_failed: AtomicU64,
     pub videos_skipped: AtomicU64,
     pub frames_decoded: AtomicU64,
+    /// Decoding passes started (one per video, per epoch in training).
+    pub decode_passes: AtomicU64,
     pub clips_encoded: AtomicU64,
     pub clips_written: AtomicU64,
     /// Captions the frozen text encoder actually ran on (cache misses).

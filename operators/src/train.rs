@@ -84,6 +84,7 @@ pub struct SampleConfig {
 }
 
 fn gather_samples(job: &VideoJob, cfg: &SampleConfig, stats: &RunStats) -> Result<Vec<Sample>, String> {
+    RunStats::add(&stats.decode_passes, 1);
     let (t, f) = (cfg.num_segments, cfg.frames_per_segment);
     let plans: Vec<Vec<i64>> = job
         .clips

@@ -16,6 +16,7 @@ fn run_extract(dir: &Path, name: &str, extra_args: &[&str]) -> Features {
     assert!(o.status.success(), "run failed: {}", String::from_utf8_lossy(&o.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["videos"]["failed"], 0, "{summary}");
+    assert_eq!(summary["decode_passes"], summary["videos"]["processed"], "each video is decoded once: {summary}");
     locvtp_store::read_all(&out.join("features.h5"), "c3d_features").unwrap()
 }
 

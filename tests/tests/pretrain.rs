@@ -183,6 +183,8 @@ fn two_workers_take_the_same_steps_as_one() {
     let mut args = fixed.to_vec();
     args.extend_from_slice(&["-w", "2"]);
     let two = run_pretrain(dir.path(), "two", &dir.path().join("two"), 2, &args);
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("two/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["decode_passes"], 4 * 2, "one pass per video and epoch, serving all its clips: {summary}");
     assert!(one.len() >= 3, "{} steps", one.len());
     assert_eq!(one.len(), two.len());
     for (a, b) in one.iter().zip(&two) {

@@ -82,6 +82,28 @@ fn window_embedding(rows: &Tensor, i: usize, j: usize) -> Tensor {
     &m / m.norm().clamp_min(1e-12)
 }
 
+/// Cosine between the sentence and the mean of the clips outside `i..=j`
+/// (0 when the window covers the whole video). A window is scored by how
+/// much better it matches than the rest of its video: the cosine of the mean
+/// inside alone peaks on single clips, since averaging the clips of a whole
+/// matching scene can only blur the best one.
+fn outside_cosine(sentence: &Tensor, rows: &Tensor, i: usize, j: usize) -> f64 {
+    let n = rows.size()[0] as usize;
+    let mut parts = Vec::new();
+    if i > 0 {
+        parts.push(rows.narrow(0, 0, i as i64));
+    }
+    if j + 1 < n {
+        parts.push(rows.narrow(0, j as i64 + 1, (n - j - 1) as i64));
+    }
+    if parts.is_empty() {
+        return 0.0;
+    }
+    let rest = Tensor::cat(&parts, 0);
+    let m = rest.mean_dim([0i64].as_slice(), false, Kind::Double);
+    sentence.dot(&(&m / m.norm().clamp_min(1e-12))).double_value(&[])
+}
+
 fn retrieval(
     opts: &EvaluateOptions,
     geo: &Geometry,
@@ -171,6 +193,7 @@ fn grounding(
     }
     let s = embed_sentences(model, text, &queries.iter().map(|q| q.sentence.clone()).collect::<Vec<_>>())?;
     let thresholds = [0.3, 0.5, 0.7];
+    let mut predictions = Vec::with_capacity(queries.len());
     let mut hits = [0.0f64; 3];
     let mut random_hits = [0.0f64; 3];
     let (mut miou, mut random_miou) = (0.0, 0.0);
@@ -186,7 +209,8 @@ fn grounding(
         for i in 0..v.clips {
             for j in i..(i + opts.max_window_clips).min(v.clips) {
                 let span = geo.span(v, i, j);
-                let score = sentence.dot(&window_embedding(&rows, i, j)).double_value(&[]);
+                let inside = sentence.dot(&window_embedding(&rows, i, j)).double_value(&[]);
+                let score = inside - outside_cosine(&sentence, &rows, i, j);
                 if score > best.0 {
                     best = (score, span);
                 }
@@ -199,6 +223,7 @@ fn grounding(
             }
         }
         let o = iou(best.1, gt);
+        predictions.push(json!({"video": q.video_id, "sentence": q.sentence, "truth": [gt.0, gt.1], "predicted": [best.1 .0, best.1 .1], "iou": o}));
         miou += o;
         random_miou += cand_iou / candidates as f64;
         for (k, t) in thresholds.iter().enumerate() {
@@ -211,6 +236,7 @@ fn grounding(
         "queries": queries.len(),
         "R@1_IoU0.3": hits[0] / n, "R@1_IoU0.5": hits[1] / n, "R@1_IoU0.7": hits[2] / n, "mIoU": miou / n,
         "random": {"R@1_IoU0.3": random_hits[0] / n, "R@1_IoU0.5": random_hits[1] / n, "R@1_IoU0.7": random_hits[2] / n, "mIoU": random_miou / n},
+        "predictions": predictions,
     }))
 }
 

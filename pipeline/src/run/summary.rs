@@ -26,6 +26,9 @@ pub struct RunSummary {
     pub videos: VideoCounts,
     pub clips: u64,
     pub frames_decoded: u64,
+    /// Decoding passes over videos in this process: one per video (and
+    /// epoch), however many clips each serves.
+    pub decode_passes: u64,
     pub wall_seconds: f64,
     pub throughput: Throughput,
     pub encoder_busy_share: f64,
@@ -74,6 +77,7 @@ impl RunSummary {
             videos: videos.clone(),
             clips,
             frames_decoded: frames,
+            decode_passes: RunStats::get(&stats.decode_passes),
             wall_seconds: wall.as_secs_f64(),
             throughput: Throughput {
                 videos_per_s: videos.processed as f64 / secs,

@@ -249,16 +249,18 @@ pub fn probe(path: &Path) -> Result<VideoInfo> {
     Ok(info_of(&ictx, path)?.1)
 }
 
-/// Filter chain: centre crop of the largest square, bilinear resize to
-/// `size` x `size`, rotation to the display orientation, packed RGB.
+/// Filter chain: centre crop of the largest square, rotation to the display
+/// orientation, bilinear resize to `size` x `size`, packed RGB.
 ///
 /// This is "resize the short side to `size`, keeping the aspect, then crop
 /// the centre" with the crop done first: swscale then reads only the square
 /// that survives and writes `size` x `size` pixels, instead of resizing and
 /// converting to RGB a whole `size`-high frame that is mostly cropped away
 /// (a third less CPU per 640x272 frame, an eighth at 720p; the pixels agree
-/// up to sub-pixel centring). A centred square is the same region in every
-/// orientation, so rotation runs last, on the small frame.
+/// up to sub-pixel centring). A centred square is the same pixels in every
+/// orientation, so the rotation moves only the square, and running it
+/// before the resize keeps a rotated file's frames identical to those of an
+/// upright copy.
 fn filter_spec(width: u32, height: u32, rotation: i32, size: u32) -> String {
     let side = width.min(height);
     let crop = if width == height {
@@ -267,12 +269,12 @@ fn filter_spec(width: u32, height: u32, rotation: i32, size: u32) -> String {
         format!("crop={side}:{side},")
     };
     let rot = match rotation {
-        90 => ",transpose=cclock",
-        270 => ",transpose=clock",
-        180 => ",hflip,vflip",
+        90 => "transpose=cclock,",
+        270 => "transpose=clock,",
+        180 => "hflip,vflip,",
         _ => "",
     };
-    format!("{crop}scale={size}:{size}:flags=bilinear{rot}")
+    format!("{crop}{rot}scale={size}:{size}:flags=bilinear")
 }
 
 struct Shaper {
@@ -289,6 +291,13 @@ impl Shaper {
         size: u32,
     ) -> Result<Shaper> {
         let mut graph = ffmpeg::filter::Graph::new();
+        // libavfilter would otherwise give swscale one slice thread per core
+        // for every video: on a size x size output the hand-offs cost more
+        // than they save, and the decode stage already runs one video per
+        // core. Must be set before any filter is added.
+        unsafe {
+            (*graph.as_mut_ptr()).nb_threads = 1;
+        }
         let pix: ffmpeg::ffi::AVPixelFormat = frame.format().into();
         let args = format!(
             "video_size={}x{}:pix_fmt={}:time_base={}/{}:pixel_aspect=1/1",
@@ -558,15 +567,15 @@ mod tests {
         );
         assert_eq!(
             filter_spec(1280, 720, 90, 112),
-            "crop=720:720,scale=112:112:flags=bilinear,transpose=cclock"
+            "crop=720:720,transpose=cclock,scale=112:112:flags=bilinear"
         );
         assert_eq!(
             filter_spec(97, 55, 270, 112),
-            "crop=55:55,scale=112:112:flags=bilinear,transpose=clock"
+            "crop=55:55,transpose=clock,scale=112:112:flags=bilinear"
         );
         assert_eq!(
             filter_spec(97, 55, 180, 112),
-            "crop=55:55,scale=112:112:flags=bilinear,hflip,vflip"
+            "crop=55:55,hflip,vflip,scale=112:112:flags=bilinear"
         );
         assert_eq!(
             filter_spec(100, 100, 0, 112),
