@@ -34,10 +34,7 @@ fn scenes(seconds: f64) -> Vec<Scene> {
 
 /// Decodes the whole video, handing every frame to `per_frame`.
 fn decode_all(path: &Path, mut per_frame: impl FnMut(&[u8])) -> u64 {
-    let opts = DecodeOptions {
-        codec_threads: 1,
-        ..DecodeOptions::default()
-    };
+    let opts = DecodeOptions { codec_threads: 1, ..DecodeOptions::default() };
     let summary = decode_video(path, &opts, |chunk| {
         for i in 0..chunk.len() {
             per_frame(chunk.frame(i));
@@ -61,9 +58,7 @@ fn bench_decode(c: &mut Criterion) {
     // sample keeps the run short.
     g.sampling_mode(SamplingMode::Flat);
     g.throughput(Throughput::Elements(1));
-    g.bench_function("probe_640x272", |b| {
-        b.iter(|| black_box(probe(&path).unwrap()))
-    });
+    g.bench_function("probe_640x272", |b| b.iter(|| black_box(probe(&path).unwrap())));
     g.throughput(Throughput::Elements(frames));
     g.bench_function("decode_scale_crop_640x272_75f", |b| {
         b.iter(|| {
@@ -86,19 +81,11 @@ fn bench_decode(c: &mut Criterion) {
 
 fn bench_sampling(c: &mut Criterion) {
     // Distinct frame contents so that nothing is shared between buffers.
-    let frames: Vec<Vec<u8>> = (0..160u32)
-        .map(|i| {
-            (0..FRAME_BYTES as u32)
-                .map(|j| (i * 31 + j) as u8)
-                .collect()
-        })
-        .collect();
+    let frames: Vec<Vec<u8>> =
+        (0..160u32).map(|i| (0..FRAME_BYTES as u32).map(|j| (i * 31 + j) as u8).collect()).collect();
     let mut g = c.benchmark_group("sampling");
     g.throughput(Throughput::Elements(frames.len() as u64));
-    for (name, stride) in [
-        ("dense_clipper_160f_stride16", 16),
-        ("dense_clipper_160f_stride8", 8),
-    ] {
+    for (name, stride) in [("dense_clipper_160f_stride16", 16), ("dense_clipper_160f_stride8", 8)] {
         g.bench_function(name, |b| {
             b.iter_batched(
                 || DenseClipper::new(CLIP, stride, Tail::Pad, FRAME_BYTES),

@@ -17,12 +17,7 @@ use tch::{Device, Kind, Tensor};
 
 fn tiny() -> ModelConfig {
     ModelConfig {
-        c3d: C3dConfig {
-            channels: [2, 4, 4, 8, 8],
-            fc_dim: 32,
-            num_classes: 487,
-            ..C3dConfig::default()
-        },
+        c3d: C3dConfig { channels: [2, 4, 4, 8, 8], fc_dim: 32, num_classes: 487, ..C3dConfig::default() },
         projection_dim: 16,
         text_dim: 384,
         num_segments: 3,
@@ -32,12 +27,7 @@ fn tiny() -> ModelConfig {
 
 fn small() -> ModelConfig {
     ModelConfig {
-        c3d: C3dConfig {
-            channels: [8, 16, 32, 64, 64],
-            fc_dim: 256,
-            num_classes: 487,
-            ..C3dConfig::default()
-        },
+        c3d: C3dConfig { channels: [8, 16, 32, 64, 64], fc_dim: 256, num_classes: 487, ..C3dConfig::default() },
         projection_dim: 64,
         text_dim: 384,
         num_segments: 4,
@@ -53,10 +43,7 @@ fn u8_frames(dims: &[i64]) -> Tensor {
 fn text_batch(b: i64, n: i64, h: i64) -> TextBatch {
     // Caption lengths vary, so that padding is exercised as in real batches.
     let word_lens: Vec<i64> = (0..b).map(|i| n - (i % 3)).collect();
-    let mask: Vec<bool> = word_lens
-        .iter()
-        .flat_map(|&l| (0..n).map(move |j| j < l))
-        .collect();
+    let mask: Vec<bool> = word_lens.iter().flat_map(|&l| (0..n).map(move |j| j < l)).collect();
     let word_mask = Tensor::from_slice(&mask).reshape([b, n]);
     TextBatch {
         sentence: Tensor::randn([b, h], (Kind::Float, Device::Cpu)),
@@ -98,25 +85,13 @@ fn bench_losses(c: &mut Criterion) {
     let model = LocVtp::new(&cfg, Device::Cpu, 0);
     let text = text_batch(b, n, d);
     let draws = Draws::sample(b, t, &text.word_lens, &mut rng);
-    let leaf =
-        |dims: &[i64]| Tensor::randn(dims, (Kind::Float, Device::Cpu)).set_requires_grad(true);
-    let (v, s, w, vs) = (
-        leaf(&[b, t, d]),
-        leaf(&[b, d]),
-        leaf(&[b, n, d]),
-        leaf(&[b, t, d]),
-    );
+    let leaf = |dims: &[i64]| Tensor::randn(dims, (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let (v, s, w, vs) = (leaf(&[b, t, d]), leaf(&[b, d]), leaf(&[b, n, d]), leaf(&[b, t, d]));
     let weights = LossWeights::default();
     g.throughput(Throughput::Elements(b as u64));
     g.bench_function("six_terms_fwd_bwd_b32_t10_n24_d256", |bn| {
         bn.iter(|| {
-            let inputs = LossInputs {
-                v: &v,
-                s: &s,
-                w: &w,
-                word_mask: &text.word_mask,
-                v_spliced: &vs,
-            };
+            let inputs = LossInputs { v: &v, s: &s, w: &w, word_mask: &text.word_mask, v_spliced: &vs };
             let terms = locvtp_losses((&model.splice, &model.context), &inputs, &draws, &weights);
             terms.total.backward();
             black_box(v.grad().double_value(&[0, 0, 0]))

@@ -11,40 +11,26 @@ use std::path::Path;
 use std::time::Duration;
 
 const WORDS: [&str; 16] = [
-    "now", "we", "add", "the", "chopped", "onions", "to", "pan", "and", "stir", "them", "for", "a",
-    "few", "minutes", "gently",
+    "now", "we", "add", "the", "chopped", "onions", "to", "pan", "and", "stir", "them", "for", "a", "few", "minutes",
+    "gently",
 ];
 /// Cues per video: one every 3 s over 20 minutes.
 const CUES: usize = 400;
 
 fn ts(seconds: f64, sep: char) -> String {
     let ms = (seconds * 1000.0).round() as u64;
-    format!(
-        "{:02}:{:02}:{:02}{sep}{:03}",
-        ms / 3_600_000,
-        ms / 60_000 % 60,
-        ms / 1000 % 60,
-        ms % 1000
-    )
+    format!("{:02}:{:02}:{:02}{sep}{:03}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
 }
 
 fn sentence(i: usize, n: usize) -> Vec<&'static str> {
-    (0..n)
-        .map(|k| WORDS[(i * 7 + k * 3) % WORDS.len()])
-        .collect()
+    (0..n).map(|k| WORDS[(i * 7 + k * 3) % WORDS.len()]).collect()
 }
 
 fn plain_vtt() -> String {
     let mut s = String::from("WEBVTT\n");
     for i in 0..CUES {
         let t = i as f64 * 3.0;
-        let _ = write!(
-            s,
-            "\n{} --> {}\n{}\n",
-            ts(t, '.'),
-            ts(t + 2.8, '.'),
-            sentence(i, 6 + i % 5).join(" ")
-        );
+        let _ = write!(s, "\n{} --> {}\n{}\n", ts(t, '.'), ts(t + 2.8, '.'), sentence(i, 6 + i % 5).join(" "));
     }
     s
 }
@@ -61,19 +47,9 @@ fn rolling_vtt() -> String {
         for (k, w) in words.iter().enumerate().skip(1) {
             let _ = write!(line, "<{}><c> {w}</c>", ts(t + 0.3 * k as f64, '.'));
         }
-        let _ = write!(
-            s,
-            "\n{} --> {} align:start position:0%\n{previous}\n{line}\n",
-            ts(t, '.'),
-            ts(t + 2.99, '.')
-        );
+        let _ = write!(s, "\n{} --> {} align:start position:0%\n{previous}\n{line}\n", ts(t, '.'), ts(t + 2.99, '.'));
         previous = words.join(" ");
-        let _ = write!(
-            s,
-            "\n{} --> {} align:start position:0%\n{previous}\n \n",
-            ts(t + 2.99, '.'),
-            ts(t + 3.0, '.')
-        );
+        let _ = write!(s, "\n{} --> {} align:start position:0%\n{previous}\n \n", ts(t + 2.99, '.'), ts(t + 3.0, '.'));
     }
     s
 }
@@ -124,54 +100,28 @@ fn bench_parse(c: &mut Criterion) {
     let srt_s = srt_text();
     let json = howto_json(20);
     let mut g = c.benchmark_group("narration_parse");
-    for (name, text) in [
-        ("webvtt_plain_400cues", &plain),
-        ("webvtt_rolling_400cues", &rolling),
-    ] {
+    for (name, text) in [("webvtt_plain_400cues", &plain), ("webvtt_rolling_400cues", &rolling)] {
         g.throughput(Throughput::Bytes(text.len() as u64));
-        g.bench_function(name, |b| {
-            b.iter(|| black_box(webvtt::parse_str(text, Path::new("v.vtt")).items.len()))
-        });
+        g.bench_function(name, |b| b.iter(|| black_box(webvtt::parse_str(text, Path::new("v.vtt")).items.len())));
     }
     g.throughput(Throughput::Bytes(srt_s.len() as u64));
-    g.bench_function("srt_400cues", |b| {
-        b.iter(|| black_box(srt::parse_str(&srt_s, Path::new("v.srt")).items.len()))
-    });
+    g.bench_function("srt_400cues", |b| b.iter(|| black_box(srt::parse_str(&srt_s, Path::new("v.srt")).items.len())));
     g.throughput(Throughput::Bytes(json.len() as u64));
     g.bench_function("howto100m_json_20videos", |b| {
-        b.iter(|| {
-            black_box(
-                howto100m::parse_str(&json, Path::new("caption.json"))
-                    .items
-                    .len(),
-            )
-        })
+        b.iter(|| black_box(howto100m::parse_str(&json, Path::new("caption.json")).items.len()))
     });
     g.finish();
 }
 
 fn bench_align(c: &mut Criterion) {
     let parsed = webvtt::parse_str(&rolling_vtt(), Path::new("v.vtt"));
-    assert!(
-        parsed.errors.is_empty(),
-        "generated WebVTT must parse cleanly: {:?}",
-        parsed.errors
-    );
-    let video = VideoCues {
-        video_id: "vid".into(),
-        cues: parsed.items,
-    };
+    assert!(parsed.errors.is_empty(), "generated WebVTT must parse cleanly: {:?}", parsed.errors);
+    let video = VideoCues { video_id: "vid".into(), cues: parsed.items };
     let config = AlignConfig::default();
     let mut g = c.benchmark_group("narration_align");
     g.throughput(Throughput::Elements(video.cues.len() as u64));
     g.bench_function("merge_and_clamp_400cues", |b| {
-        b.iter(|| {
-            black_box(
-                align_video(&video, CUES as f64 * 3.0 - 30.0, &config)
-                    .kept
-                    .len(),
-            )
-        })
+        b.iter(|| black_box(align_video(&video, CUES as f64 * 3.0 - 30.0, &config).kept.len()))
     });
     g.finish();
 }

@@ -17,9 +17,7 @@ fn records(videos: u32, clips: u32, dim: u32) -> Vec<SpoolRecord> {
             frames: clips as u64 * 16,
             // Values with a spread like real features, so that zstd does not
             // get an unrealistically easy input.
-            features: (0..clips * dim)
-                .map(|i| ((i.wrapping_mul(2654435761) >> 8) as f32 / 1e7).sin())
-                .collect(),
+            features: (0..clips * dim).map(|i| ((i.wrapping_mul(2654435761) >> 8) as f32 / 1e7).sin()).collect(),
         })
         .collect()
 }
@@ -27,12 +25,7 @@ fn records(videos: u32, clips: u32, dim: u32) -> Vec<SpoolRecord> {
 fn bench_store(c: &mut Criterion) {
     let recs = records(50, 64, 256);
     let bytes: u64 = recs.iter().map(|r| r.features.len() as u64 * 4).sum();
-    let run = RunAttrs {
-        clip_frames: 16,
-        stride: 16,
-        layer: "projection".into(),
-        checkpoint: "bench".into(),
-    };
+    let run = RunAttrs { clip_frames: 16, stride: 16, layer: "projection".into(), checkpoint: "bench".into() };
     let dir = tempfile::tempdir().expect("temp dir");
     let mut g = c.benchmark_group("store");
     // Each spool append waits for fsync: few, equal-sized samples.

@@ -33,7 +33,11 @@ pub fn dense_clips<'s>(frames: Stream<'s, u64, Vec<FrameMsg>>, cfg: DenseClipCon
                             for i in 0..chunk.len() {
                                 for clip in clipper.push(chunk.frame(i)) {
                                     *emitted += 1;
-                                    session.give(ClipMsg::Clip { video: video.clone(), index: clip.index, pixels: clip.pixels });
+                                    session.give(ClipMsg::Clip {
+                                        video: video.clone(),
+                                        index: clip.index,
+                                        pixels: clip.pixels,
+                                    });
                                 }
                             }
                         }
@@ -43,7 +47,11 @@ pub fn dense_clips<'s>(frames: Stream<'s, u64, Vec<FrameMsg>>, cfg: DenseClipCon
                                 clips = emitted;
                                 for clip in clipper.finish() {
                                     clips += 1;
-                                    session.give(ClipMsg::Clip { video: video.clone(), index: clip.index, pixels: clip.pixels });
+                                    session.give(ClipMsg::Clip {
+                                        video: video.clone(),
+                                        index: clip.index,
+                                        pixels: clip.pixels,
+                                    });
                                 }
                             }
                             session.give(ClipMsg::End { video, clips, frames, fps: info.fps });

@@ -48,7 +48,9 @@ pub fn collect_features<'s>(
                         FeatureMsg::Feature { index, values, .. } => {
                             e.rows.insert(index, values);
                         }
-                        FeatureMsg::End { video, clips, frames, fps } => e.end = Some((video.to_string(), clips, frames, fps)),
+                        FeatureMsg::End { video, clips, frames, fps } => {
+                            e.end = Some((video.to_string(), clips, frames, fps))
+                        }
                         FeatureMsg::Failed(err) => e.failed = Some(err),
                     }
                 }
@@ -70,7 +72,11 @@ pub fn collect_features<'s>(
                     }
                     (None, end) => {
                         let id = end.map(|e| e.0).unwrap_or_else(|| "?".into());
-                        errors.record(&ItemError { video_id: id, stage: "collect".into(), reason: "incomplete features".into() });
+                        errors.record(&ItemError {
+                            video_id: id,
+                            stage: "collect".into(),
+                            reason: "incomplete features".into(),
+                        });
                         RunStats::add(&stats.videos_failed, 1);
                     }
                 }

@@ -89,7 +89,13 @@ struct Done {
     values: Vec<f32>,
 }
 
-fn run_model(cfg: EncodeConfig, jobs: Receiver<Job>, done: Sender<Result<Done, String>>, wake: impl Fn(), stats: Arc<RunStats>) {
+fn run_model(
+    cfg: EncodeConfig,
+    jobs: Receiver<Job>,
+    done: Sender<Result<Done, String>>,
+    wake: impl Fn(),
+    stats: Arc<RunStats>,
+) {
     let model = match load_encoder(&cfg) {
         Ok(m) => m,
         Err(e) => {
@@ -139,7 +145,11 @@ struct Pending {
     end: Option<FeatureMsg>,
 }
 
-pub fn encode<'s>(clips: Stream<'s, u64, Vec<ClipMsg>>, cfg: EncodeConfig, stats: Arc<RunStats>) -> Stream<'s, u64, Vec<FeatureMsg>> {
+pub fn encode<'s>(
+    clips: Stream<'s, u64, Vec<ClipMsg>>,
+    cfg: EncodeConfig,
+    stats: Arc<RunStats>,
+) -> Stream<'s, u64, Vec<FeatureMsg>> {
     let scope = clips.scope();
     let worker = scope.worker();
     clips.unary_frontier(Pipeline, "Encode", move |_cap, info| {
@@ -187,7 +197,10 @@ pub fn encode<'s>(clips: Stream<'s, u64, Vec<ClipMsg>>, cfg: EncodeConfig, stats
                             batch.tags.push((t, video, index));
                             batch.pixels.extend_from_slice(&pixels);
                             if batch.tags.len() == batch_size {
-                                ready.push_back(std::mem::replace(&mut batch, Job { tags: Vec::new(), pixels: Vec::new() }));
+                                ready.push_back(std::mem::replace(
+                                    &mut batch,
+                                    Job { tags: Vec::new(), pixels: Vec::new() },
+                                ));
                             }
                         }
                         ClipMsg::End { video, clips, frames, fps } => {

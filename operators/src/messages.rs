@@ -23,9 +23,16 @@ pub struct ItemError {
 /// Output of the decode stage.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum FrameMsg {
-    Chunk { video: Arc<str>, chunk: FrameChunk },
+    Chunk {
+        video: Arc<str>,
+        chunk: FrameChunk,
+    },
     /// The last chunk of the video has been sent.
-    End { video: Arc<str>, frames: u64, info: VideoInfo },
+    End {
+        video: Arc<str>,
+        frames: u64,
+        info: VideoInfo,
+    },
     Failed(ItemError),
 }
 
@@ -33,8 +40,17 @@ pub enum FrameMsg {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClipMsg {
     /// `clip_frames` frames packed `[F, H, W, 3]`, u8.
-    Clip { video: Arc<str>, index: u64, pixels: Vec<u8> },
-    End { video: Arc<str>, clips: u64, frames: u64, fps: f64 },
+    Clip {
+        video: Arc<str>,
+        index: u64,
+        pixels: Vec<u8>,
+    },
+    End {
+        video: Arc<str>,
+        clips: u64,
+        frames: u64,
+        fps: f64,
+    },
     Failed(ItemError),
 }
 

@@ -18,7 +18,9 @@ use crossbeam_channel::{bounded, TrySendError};
 use locvtp_media::decode::{decode_video, DecodeOptions};
 use locvtp_media::sampling::{caption_frame_range, segment_frame_indices};
 use locvtp_model::loss::{Draws, LossWeights};
-use locvtp_model::train::{forward_losses, gradients, parameter_names, set_gradients, zero_gradients, Adam, MultiStepLr};
+use locvtp_model::train::{
+    forward_losses, gradients, parameter_names, set_gradients, zero_gradients, Adam, MultiStepLr,
+};
 use locvtp_model::LocVtp;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -205,7 +207,11 @@ pub fn decode_samples<'s>(
                     Err((job, reason)) => {
                         for c in &job.clips {
                             let at = cap.delayed(&c.step);
-                            let error = ItemError { video_id: job.item.id.to_string(), stage: "decode".into(), reason: reason.clone() };
+                            let error = ItemError {
+                                video_id: job.item.id.to_string(),
+                                stage: "decode".into(),
+                                reason: reason.clone(),
+                            };
                             output.session(&at).give(SampleMsg::Failed { slot: c.slot, error });
                         }
                     }
@@ -308,7 +314,6 @@ fn shard_range(total: usize, shards: usize, k: usize) -> std::ops::Range<usize> 
     (k * per).min(total)..((k + 1) * per).min(total)
 }
 
-
 /// Trains on `samples`; emits one report per step (on worker 0).
 pub fn train<'s>(
     samples: Stream<'s, u64, Vec<SampleMsg>>,
@@ -349,7 +354,8 @@ pub fn train<'s>(
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
                     let t = *cap.least().expect("steps are totally ordered");
-                    let entry = pending.entry(t).or_insert_with(|| (cap.retain_least(0).expect("totally ordered"), Vec::new()));
+                    let entry =
+                        pending.entry(t).or_insert_with(|| (cap.retain_least(0).expect("totally ordered"), Vec::new()));
                     for msg in data.drain(..) {
                         match msg {
                             SampleMsg::Sample(s) => entry.1.push(s),
@@ -390,12 +396,15 @@ pub fn train<'s>(
                         let clips = Tensor::from_slice(&pixels).reshape([m as i64, t, f, size, size, 3]);
                         let texts: Vec<&str> = samples.iter().map(|s| s.text.as_str()).collect();
                         let before = sh.replica.text.forwards;
-                        let text = sh.replica.text.batch(&texts).unwrap_or_else(|e| panic!("text encoder failed: {e:#}"));
+                        let text =
+                            sh.replica.text.batch(&texts).unwrap_or_else(|e| panic!("text encoder failed: {e:#}"));
                         text_forwards += sh.replica.text.forwards - before;
                         let rep = &sh.replica;
                         // Draws and dropout depend on (seed, step, part)
                         // only, not on which worker computes the part.
-                        let draw_seed = cfg.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ part.wrapping_mul(0xd1b5_4a32_d192_ed03);
+                        let draw_seed = cfg.seed
+                            ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                            ^ part.wrapping_mul(0xd1b5_4a32_d192_ed03);
                         let mut rng = ChaCha8Rng::seed_from_u64(draw_seed);
                         let draws = Draws::sample(m as i64, t, &text.word_lens, &mut rng);
                         let _guard = FORWARD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -437,142 +446,170 @@ pub fn train<'s>(
     );
 
     // Shard owners sum the workers' contributions and broadcast the mean.
-    let averaged = grads.unary_frontier(Exchange::new(|g: &GradShard| u64::from(g.shard)), "ReduceGradients", move |_cap, _info| {
-        let mut acc: BTreeMap<u64, (Capability<u64>, Option<GradShard>)> = BTreeMap::new();
-        move |(input, frontier), output| {
-            input.for_each(|cap, data| {
-                let t = *cap.least().expect("totally ordered");
-                let entry = acc.entry(t).or_insert_with(|| (cap.retain_least(0).expect("totally ordered"), None));
-                for g in data.drain(..) {
-                    match &mut entry.1 {
-                        None => entry.1 = Some(g),
-                        Some(sum) => {
-                            sum.samples += g.samples;
-                            for (a, b) in sum.values.iter_mut().zip(&g.values) {
-                                *a += b;
-                            }
-                            for (name, v) in g.terms {
-                                match sum.terms.iter_mut().find(|(n, _)| *n == name) {
-                                    Some((_, total)) => *total += v,
-                                    None => sum.terms.push((name, v)),
+    let averaged = grads.unary_frontier(
+        Exchange::new(|g: &GradShard| u64::from(g.shard)),
+        "ReduceGradients",
+        move |_cap, _info| {
+            let mut acc: BTreeMap<u64, (Capability<u64>, Option<GradShard>)> = BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    let t = *cap.least().expect("totally ordered");
+                    let entry = acc.entry(t).or_insert_with(|| (cap.retain_least(0).expect("totally ordered"), None));
+                    for g in data.drain(..) {
+                        match &mut entry.1 {
+                            None => entry.1 = Some(g),
+                            Some(sum) => {
+                                sum.samples += g.samples;
+                                for (a, b) in sum.values.iter_mut().zip(&g.values) {
+                                    *a += b;
+                                }
+                                for (name, v) in g.terms {
+                                    match sum.terms.iter_mut().find(|(n, _)| *n == name) {
+                                        Some((_, total)) => *total += v,
+                                        None => sum.terms.push((name, v)),
+                                    }
                                 }
                             }
                         }
                     }
-                }
-            });
-            let done: Vec<u64> = acc.keys().copied().filter(|t| !frontier.less_equal(t)).collect();
-            for t in done {
-                let (cap, sum) = acc.remove(&t).expect("listed");
-                let Some(sum) = sum else { continue };
-                let n = sum.samples.max(1) as f32;
-                let values: Vec<f32> = sum.values.iter().map(|v| v / n).collect();
-                let terms: Vec<(String, f64)> = sum.terms.iter().map(|(k, v)| (k.clone(), v / f64::from(n))).collect();
-                let mut session = output.session(&cap);
-                for target in 0..peers {
-                    session.give(AvgShard { target: target as u32, shard: sum.shard, samples: sum.samples, values: values.clone(), terms: terms.clone() });
+                });
+                let done: Vec<u64> = acc.keys().copied().filter(|t| !frontier.less_equal(t)).collect();
+                for t in done {
+                    let (cap, sum) = acc.remove(&t).expect("listed");
+                    let Some(sum) = sum else { continue };
+                    let n = sum.samples.max(1) as f32;
+                    let values: Vec<f32> = sum.values.iter().map(|v| v / n).collect();
+                    let terms: Vec<(String, f64)> =
+                        sum.terms.iter().map(|(k, v)| (k.clone(), v / f64::from(n))).collect();
+                    let mut session = output.session(&cap);
+                    for target in 0..peers {
+                        session.give(AvgShard {
+                            target: target as u32,
+                            shard: sum.shard,
+                            samples: sum.samples,
+                            values: values.clone(),
+                            terms: terms.clone(),
+                        });
+                    }
                 }
             }
-        }
-    });
+        },
+    );
 
     // Every replica applies the same averaged gradient.
     let mut on_step = on_step;
-    averaged.unary_frontier(Exchange::new(|a: &AvgShard| u64::from(a.target)), "ApplyGradients", move |_cap, _info| {
-        let mut acc: BTreeMap<u64, (Capability<u64>, Vec<AvgShard>)> = BTreeMap::new();
-        let shapes: Vec<Vec<i64>> = {
-            let sh = shared.borrow();
-            let vars = sh.replica.model.vs.variables();
-            parameter_names(&sh.replica.model).iter().map(|n| vars[n].size()).collect()
-        };
-        let mut last_report = Instant::now();
-        move |(input, frontier), output| {
-            input.for_each(|cap, data| {
-                let t = *cap.least().expect("totally ordered");
-                let entry = acc.entry(t).or_insert_with(|| (cap.retain_least(0).expect("totally ordered"), Vec::new()));
-                entry.1.extend(data.drain(..));
-            });
-            let done: Vec<u64> = acc.keys().copied().filter(|t| !frontier.less_equal(t)).collect();
-            for step in done {
-                let (cap, mut shards) = acc.remove(&step).expect("listed");
-                shards.sort_by_key(|s| s.shard);
-                let flat: Vec<f32> = shards.iter().flat_map(|s| s.values.iter().copied()).collect();
+    averaged
+        .unary_frontier(Exchange::new(|a: &AvgShard| u64::from(a.target)), "ApplyGradients", move |_cap, _info| {
+            let mut acc: BTreeMap<u64, (Capability<u64>, Vec<AvgShard>)> = BTreeMap::new();
+            let shapes: Vec<Vec<i64>> = {
+                let sh = shared.borrow();
+                let vars = sh.replica.model.vs.variables();
+                parameter_names(&sh.replica.model).iter().map(|n| vars[n].size()).collect()
+            };
+            let mut last_report = Instant::now();
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    let t = *cap.least().expect("totally ordered");
+                    let entry =
+                        acc.entry(t).or_insert_with(|| (cap.retain_least(0).expect("totally ordered"), Vec::new()));
+                    entry.1.extend(data.drain(..));
+                });
+                let done: Vec<u64> = acc.keys().copied().filter(|t| !frontier.less_equal(t)).collect();
+                for step in done {
+                    let (cap, mut shards) = acc.remove(&step).expect("listed");
+                    shards.sort_by_key(|s| s.shard);
+                    let flat: Vec<f32> = shards.iter().flat_map(|s| s.values.iter().copied()).collect();
+                    let mut sh = shared.borrow_mut();
+                    let began = Instant::now();
+                    let device = sh.replica.model.device();
+                    let mut offset = 0usize;
+                    let grads: Vec<Tensor> = shapes
+                        .iter()
+                        .map(|shape| {
+                            let n: i64 = shape.iter().product();
+                            let t = Tensor::from_slice(&flat[offset..offset + n as usize])
+                                .reshape(shape.as_slice())
+                                .to_device(device);
+                            offset += n as usize;
+                            t
+                        })
+                        .collect();
+                    let epoch = (step / cfg.steps_per_epoch.max(1)) as u32;
+                    let lr = cfg.schedule.lr_at(i64::from(epoch));
+                    let rep = &mut sh.replica;
+                    set_gradients(&rep.model, &grads);
+                    rep.adam.step(&rep.model, lr);
+                    sh.busy += began.elapsed();
+                    let samples = shards.first().map(|s| s.samples).unwrap_or(0);
+                    let (wait, busy) = (sh.wait.as_secs_f64(), sh.busy.as_secs_f64());
+                    let report = StepReport {
+                        step,
+                        epoch,
+                        lr,
+                        samples,
+                        terms: shards.first().map(|s| s.terms.clone()).unwrap_or_default(),
+                        samples_per_s: f64::from(samples) / last_report.elapsed().as_secs_f64().max(1e-9),
+                        data_wait_share: if wait + busy > 0.0 { wait / (wait + busy) } else { 0.0 },
+                        text_encoder_forwards: RunStats::get(&apply_stats.text_forwards),
+                        worker: index as u32,
+                        checksum: sh
+                            .replica
+                            .model
+                            .vs
+                            .trainable_variables()
+                            .iter()
+                            .map(|v| v.sum(Kind::Double).double_value(&[]))
+                            .collect(),
+                    };
+                    last_report = Instant::now();
+                    sh.wait = Duration::ZERO;
+                    sh.busy = Duration::ZERO;
+                    if index == 0 {
+                        on_step(&sh.replica, &report);
+                    }
+                    output.session(&cap).give(report);
+                    sh.next_step = step + 1;
+                    sh.last_apply = Instant::now();
+                }
+                // Steps without any sample anywhere never reach this operator;
+                // the frontier still says they are over.
                 let mut sh = shared.borrow_mut();
-                let began = Instant::now();
-                let device = sh.replica.model.device();
-                let mut offset = 0usize;
-                let grads: Vec<Tensor> = shapes
-                    .iter()
-                    .map(|shape| {
-                        let n: i64 = shape.iter().product();
-                        let t = Tensor::from_slice(&flat[offset..offset + n as usize]).reshape(shape.as_slice()).to_device(device);
-                        offset += n as usize;
-                        t
-                    })
-                    .collect();
-                let epoch = (step / cfg.steps_per_epoch.max(1)) as u32;
-                let lr = cfg.schedule.lr_at(i64::from(epoch));
-                let rep = &mut sh.replica;
-                set_gradients(&rep.model, &grads);
-                rep.adam.step(&rep.model, lr);
-                sh.busy += began.elapsed();
-                let samples = shards.first().map(|s| s.samples).unwrap_or(0);
-                let (wait, busy) = (sh.wait.as_secs_f64(), sh.busy.as_secs_f64());
-                let report = StepReport {
-                    step,
-                    epoch,
-                    lr,
-                    samples,
-                    terms: shards.first().map(|s| s.terms.clone()).unwrap_or_default(),
-                    samples_per_s: f64::from(samples) / last_report.elapsed().as_secs_f64().max(1e-9),
-                    data_wait_share: if wait + busy > 0.0 { wait / (wait + busy) } else { 0.0 },
-                    text_encoder_forwards: RunStats::get(&apply_stats.text_forwards),
-                    worker: index as u32,
-                    checksum: sh.replica.model.vs.trainable_variables().iter().map(|v| v.sum(Kind::Double).double_value(&[])).collect(),
-                };
-                last_report = Instant::now();
-                sh.wait = Duration::ZERO;
-                sh.busy = Duration::ZERO;
-                if index == 0 {
-                    on_step(&sh.replica, &report);
+                let floor = frontier.frontier().iter().next().copied().unwrap_or(u64::MAX);
+                if floor > sh.next_step {
+                    sh.next_step = floor;
                 }
-                output.session(&cap).give(report);
-                sh.next_step = step + 1;
-                sh.last_apply = Instant::now();
-            }
-            // Steps without any sample anywhere never reach this operator;
-            // the frontier still says they are over.
-            let mut sh = shared.borrow_mut();
-            let floor = frontier.frontier().iter().next().copied().unwrap_or(u64::MAX);
-            if floor > sh.next_step {
-                sh.next_step = floor;
-            }
-            if let Some(a) = &sh.forward_activator {
-                a.activate();
-            }
-        }
-    })
-    .unary_frontier(Exchange::new(|_: &StepReport| 0), "CheckReplicas", |_cap, _info| {
-        // Every replica took the same step: worker 0 compares their
-        // parameter checksums and stops the run at the first difference.
-        let mut acc: BTreeMap<u64, (Capability<u64>, Vec<StepReport>)> = BTreeMap::new();
-        move |(input, frontier), output| {
-            input.for_each(|cap, data| {
-                let t = *cap.least().expect("totally ordered");
-                let entry = acc.entry(t).or_insert_with(|| (cap.retain_least(0).expect("totally ordered"), Vec::new()));
-                entry.1.extend(data.drain(..));
-            });
-            let done: Vec<u64> = acc.keys().copied().filter(|t| !frontier.less_equal(t)).collect();
-            for t in done {
-                let (cap, mut reports) = acc.remove(&t).expect("listed");
-                reports.sort_by_key(|r| r.worker);
-                if let Some(bad) = reports.iter().find(|r| r.checksum != reports[0].checksum) {
-                    panic!("replicas diverged at step {}: worker {} differs from worker {}", t + 1, bad.worker, reports[0].worker);
-                }
-                if let Some(first) = reports.into_iter().next() {
-                    output.session(&cap).give(first);
+                if let Some(a) = &sh.forward_activator {
+                    a.activate();
                 }
             }
-        }
-    })
+        })
+        .unary_frontier(Exchange::new(|_: &StepReport| 0), "CheckReplicas", |_cap, _info| {
+            // Every replica took the same step: worker 0 compares their
+            // parameter checksums and stops the run at the first difference.
+            let mut acc: BTreeMap<u64, (Capability<u64>, Vec<StepReport>)> = BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    let t = *cap.least().expect("totally ordered");
+                    let entry =
+                        acc.entry(t).or_insert_with(|| (cap.retain_least(0).expect("totally ordered"), Vec::new()));
+                    entry.1.extend(data.drain(..));
+                });
+                let done: Vec<u64> = acc.keys().copied().filter(|t| !frontier.less_equal(t)).collect();
+                for t in done {
+                    let (cap, mut reports) = acc.remove(&t).expect("listed");
+                    reports.sort_by_key(|r| r.worker);
+                    if let Some(bad) = reports.iter().find(|r| r.checksum != reports[0].checksum) {
+                        panic!(
+                            "replicas diverged at step {}: worker {} differs from worker {}",
+                            t + 1,
+                            bad.worker,
+                            reports[0].worker
+                        );
+                    }
+                    if let Some(first) = reports.into_iter().next() {
+                        output.session(&cap).give(first);
+                    }
+                }
+            }
+        })
 }

@@ -137,7 +137,11 @@ fn finish_video(video: VideoAcc, spool: &mut Spool, errors: &mut ErrorLog, stats
     let Some((id, clips, frames, fps)) = video.end else {
         // Features without an end marker cannot happen in a well-formed
         // graph; keep the run going and say which video it was.
-        let e = ItemError { video_id: "?".into(), stage: "write".into(), reason: "features without an end of video".into() };
+        let e = ItemError {
+            video_id: "?".into(),
+            stage: "write".into(),
+            reason: "features without an end of video".into(),
+        };
         errors.record(&e);
         RunStats::add(&stats.videos_failed, 1);
         return;

@@ -114,9 +114,7 @@ fn load_avg() -> String {
 }
 
 fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 fn have_ffmpeg() -> bool {
@@ -145,11 +143,7 @@ fn best_of<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<(Durati
 /// Decodes one video as the decode stage and the dense clip sampler do;
 /// returns (frames, clips).
 fn decode_clips(path: &Path, codec_threads: usize) -> Result<(u64, u64)> {
-    let opts = DecodeOptions {
-        codec_threads,
-        chunk_frames: CLIP,
-        frame_size: SIZE,
-    };
+    let opts = DecodeOptions { codec_threads, chunk_frames: CLIP, frame_size: SIZE };
     let mut clipper = DenseClipper::new(CLIP, CLIP, Tail::Pad, FRAME_BYTES);
     let mut clips = 0u64;
     let summary = decode_video(path, &opts, |chunk| {
@@ -184,10 +178,7 @@ fn decode_parallel(paths: &[PathBuf], threads: usize, codec_threads: usize) -> R
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("decoder thread panicked"))
-            .sum()
+        workers.into_iter().map(|w| w.join().expect("decoder thread panicked")).sum()
     })
 }
 
@@ -196,31 +187,17 @@ fn decode_parallel(paths: &[PathBuf], threads: usize, codec_threads: usize) -> R
 /// `one_frame` (what starting the process and opening the file cost).
 fn ffmpeg_cli(path: &Path, one_frame: bool) -> Result<()> {
     let mut cmd = Command::new("ffmpeg");
-    cmd.args(["-hide_banner", "-loglevel", "error", "-threads", "1", "-i"])
-        .arg(path);
+    cmd.args(["-hide_banner", "-loglevel", "error", "-threads", "1", "-i"]).arg(path);
     if one_frame {
         cmd.args(["-frames:v", "1"]);
     }
     let out = cmd
-        .args([
-            "-vf",
-            "scale=-2:112,crop=112:112",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-y",
-            "/dev/null",
-        ])
+        .args(["-vf", "scale=-2:112,crop=112:112", "-f", "rawvideo", "-pix_fmt", "rgb24", "-y", "/dev/null"])
         .stdin(Stdio::null())
         .output()
         .context("running ffmpeg")?;
     if !out.status.success() {
-        bail!(
-            "ffmpeg failed on {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("ffmpeg failed on {}: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -232,25 +209,16 @@ fn generate(dir: &Path, w: u32, h: u32, args: &BenchArgs) -> Result<Vec<PathBuf>
     std::fs::create_dir_all(dir)?;
     let mut out = Vec::new();
     for i in 0..args.count {
-        let path = dir.join(format!(
-            "gen-{w}x{h}-{}s-g{}-{i}.mp4",
-            args.seconds, args.gop
-        ));
+        let path = dir.join(format!("gen-{w}x{h}-{}s-g{}-{i}.mp4", args.seconds, args.gop));
         if !path.exists() {
             eprintln!("generating {}", path.display());
             let partial = path.with_extension("partial.mp4");
             let status = Command::new("ffmpeg")
                 .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])
-                .arg(format!(
-                    "testsrc2=size={w}x{h}:rate={FPS}:duration={}",
-                    args.seconds
-                ))
+                .arg(format!("testsrc2=size={w}x{h}:rate={FPS}:duration={}", args.seconds))
                 .arg("-vf")
                 .arg(format!("noise=alls=4:allf=t:all_seed={}", 1000 + i))
-                .args([
-                    "-c:v", "libx264", "-preset", "medium", "-crf", "23", "-pix_fmt", "yuv420p",
-                    "-an",
-                ])
+                .args(["-c:v", "libx264", "-preset", "medium", "-crf", "23", "-pix_fmt", "yuv420p", "-an"])
                 .args(["-g", &args.gop.to_string(), "-y"])
                 .arg(&partial)
                 .stdin(Stdio::null())
@@ -269,20 +237,13 @@ fn generate(dir: &Path, w: u32, h: u32, args: &BenchArgs) -> Result<Vec<PathBuf>
 fn video_set(label: String, paths: Vec<PathBuf>) -> Result<VideoSet> {
     let (mut frames, mut clips, mut bits, mut secs) = (0, 0, 0.0, 0.0);
     for p in &paths {
-        let (f, c) =
-            decode_clips(p, 1).with_context(|| format!("{}: cannot decode", p.display()))?;
+        let (f, c) = decode_clips(p, 1).with_context(|| format!("{}: cannot decode", p.display()))?;
         frames += f;
         clips += c;
         bits += std::fs::metadata(p)?.len() as f64 * 8.0;
         secs += probe(p)?.duration_s;
     }
-    Ok(VideoSet {
-        label,
-        paths,
-        frames,
-        clips,
-        kbps: bits / secs.max(1e-9) / 1e3,
-    })
+    Ok(VideoSet { label, paths, frames, clips, kbps: bits / secs.max(1e-9) / 1e3 })
 }
 
 fn python_for(args: &BenchArgs) -> PathBuf {
@@ -313,15 +274,10 @@ fn python_peers(args: &BenchArgs, set: &VideoSet) -> Result<Vec<Value>> {
         .stdin(Stdio::null())
         .output()
         .context("running the Python peers")?;
-    let peers: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let peers: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     if !out.status.success() || peers.is_empty() {
-        bail!(
-            "the Python peers failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("the Python peers failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(peers)
 }
@@ -334,24 +290,11 @@ struct Row {
 }
 
 fn print_rows(ours: f64, rows: &[Row]) {
-    println!(
-        "  {:<52} {:>7} {:>9} {:>9}",
-        "", "threads", "clips/s", "ours/it"
-    );
+    println!("  {:<52} {:>7} {:>9} {:>9}", "", "threads", "clips/s", "ours/it");
     for r in rows {
         match r.clips_per_s {
-            Some(c) => println!(
-                "  {:<52} {:>7} {:>9.1} {:>8.2}x  {}",
-                r.name,
-                r.threads,
-                c,
-                ours / c,
-                r.note
-            ),
-            None => println!(
-                "  {:<52} {:>7} {:>9} {:>9}  {}",
-                r.name, r.threads, "-", "-", r.note
-            ),
+            Some(c) => println!("  {:<52} {:>7} {:>9.1} {:>8.2}x  {}", r.name, r.threads, c, ours / c, r.note),
+            None => println!("  {:<52} {:>7} {:>9} {:>9}  {}", r.name, r.threads, "-", "-", r.note),
         }
     }
 }
@@ -415,9 +358,7 @@ fn bench_decode(args: &BenchArgs, set: &VideoSet, threads: usize, ffmpeg: bool) 
 
     let mut ffmpeg_rate = None;
     if ffmpeg {
-        let (d, ()) = best_of(args.repeat, || {
-            set.paths.iter().try_for_each(|p| ffmpeg_cli(p, false))
-        })?;
+        let (d, ()) = best_of(args.repeat, || set.paths.iter().try_for_each(|p| ffmpeg_cli(p, false)))?;
         let r = rate(d, set.clips);
         ffmpeg_rate = Some(r);
         rows.push(Row {
@@ -426,30 +367,20 @@ fn bench_decode(args: &BenchArgs, set: &VideoSet, threads: usize, ffmpeg: bool) 
             clips_per_s: Some(r),
             note: "a process per video".into(),
         });
-        let (start, ()) = best_of(args.repeat, || {
-            set.paths.iter().try_for_each(|p| ffmpeg_cli(p, true))
-        })?;
+        let (start, ()) = best_of(args.repeat, || set.paths.iter().try_for_each(|p| ffmpeg_cli(p, true)))?;
         if d > start {
             let r = rate(d - start, set.clips);
             rows.push(Row {
                 name: "ffmpeg CLI as above, less start-up (1-frame run)".into(),
                 threads: 1,
                 clips_per_s: Some(r),
-                note: format!(
-                    "start-up {:.0} ms per video",
-                    start.as_secs_f64() * 1e3 / set.paths.len() as f64
-                ),
+                note: format!("start-up {:.0} ms per video", start.as_secs_f64() * 1e3 / set.paths.len() as f64),
             });
             record["ffmpeg_cli_less_startup"] = json!(r);
         }
         record["ffmpeg_cli"] = json!(r);
     } else {
-        rows.push(Row {
-            name: "ffmpeg CLI".into(),
-            threads: 1,
-            clips_per_s: None,
-            note: "not found on PATH".into(),
-        });
+        rows.push(Row { name: "ffmpeg CLI".into(), threads: 1, clips_per_s: None, note: "not found on PATH".into() });
     }
 
     let mut reference = None;
@@ -460,13 +391,9 @@ fn bench_decode(args: &BenchArgs, set: &VideoSet, threads: usize, ffmpeg: bool) 
                     let name = p["peer"].as_str().unwrap_or("?").to_string();
                     let version = p["version"].as_str().unwrap_or("");
                     if p["available"].as_bool() == Some(true) {
-                        let r = p["clips"].as_f64().unwrap_or(0.0)
-                            / p["seconds"].as_f64().unwrap_or(f64::INFINITY);
+                        let r = p["clips"].as_f64().unwrap_or(0.0) / p["seconds"].as_f64().unwrap_or(f64::INFINITY);
                         if p["clips"].as_u64() != Some(set.clips) {
-                            eprintln!(
-                                "warning: {name} delivered {} clips, ours {}",
-                                p["clips"], set.clips
-                            );
+                            eprintln!("warning: {name} delivered {} clips, ours {}", p["clips"], set.clips);
                         }
                         if name == "pyav-reference" {
                             reference = Some(r);
@@ -489,12 +416,7 @@ fn bench_decode(args: &BenchArgs, set: &VideoSet, threads: usize, ffmpeg: bool) 
                 record["python"] = json!(peers);
             }
             Err(e) => {
-                rows.push(Row {
-                    name: "python peers".into(),
-                    threads: 1,
-                    clips_per_s: None,
-                    note: format!("{e:#}"),
-                });
+                rows.push(Row { name: "python peers".into(), threads: 1, clips_per_s: None, note: format!("{e:#}") });
                 record["python_error"] = json!(format!("{e:#}"));
             }
         }
@@ -503,14 +425,13 @@ fn bench_decode(args: &BenchArgs, set: &VideoSet, threads: usize, ffmpeg: bool) 
 
     println!("  targets:");
     if let Some(f) = ffmpeg_rate {
-        println!(
-            "    ours / ffmpeg CLI, one thread each: {:.2} (>= 0.9: {})",
-            ours / f,
-            verdict(ours / f >= 0.9)
-        );
+        println!("    ours / ffmpeg CLI, one thread each: {:.2} (>= 0.9: {})", ours / f, verdict(ours / f >= 0.9));
         if let Some(n) = ours_n {
             let per = n / threads as f64 / f;
-            println!("    ours per decoder thread with {threads} threads / ffmpeg CLI: {per:.2} (>= 0.9: {})", verdict(per >= 0.9));
+            println!(
+                "    ours per decoder thread with {threads} threads / ffmpeg CLI: {per:.2} (>= 0.9: {})",
+                verdict(per >= 0.9)
+            );
         }
     }
     if let Some(n) = ours_n {
@@ -521,11 +442,7 @@ fn bench_decode(args: &BenchArgs, set: &VideoSet, threads: usize, ffmpeg: bool) 
         );
     }
     if let Some(r) = reference {
-        println!(
-            "    ours / reference-style loader: {:.1}x (>= 5: {})",
-            ours / r,
-            verdict(ours / r >= 5.0)
-        );
+        println!("    ours / reference-style loader: {:.1}x (>= 5: {})", ours / r, verdict(ours / r >= 5.0));
     }
     record["load_after"] = json!(load_avg());
     Ok(record)
@@ -536,27 +453,16 @@ fn bench_decode(args: &BenchArgs, set: &VideoSet, threads: usize, ffmpeg: bool) 
 /// normalise, encode, features back to the host).
 fn encode_only(cfg: &EncodeConfig, clips: u64) -> Result<Duration> {
     let model = load_encoder(cfg)?;
-    let (b, s, f) = (
-        cfg.batch_size as i64,
-        cfg.model.frame_size,
-        cfg.model.frames_per_segment,
-    );
-    let pixels: Vec<u8> = (0..cfg.batch_size * cfg.clip_bytes())
-        .map(|i| (i * 7 % 251) as u8)
-        .collect();
+    let (b, s, f) = (cfg.batch_size as i64, cfg.model.frame_size, cfg.model.frames_per_segment);
+    let pixels: Vec<u8> = (0..cfg.batch_size * cfg.clip_bytes()).map(|i| (i * 7 % 251) as u8).collect();
     let batches = clips.div_ceil(cfg.batch_size as u64);
     let dim = cfg.feature_dim();
     let t = Instant::now();
     for _ in 0..batches {
         let values = tch::no_grad(|| {
-            let u8s = Tensor::from_slice(&pixels)
-                .reshape([b, f, s, s, 3])
-                .to_device(model.device());
+            let u8s = Tensor::from_slice(&pixels).reshape([b, f, s, s, 3]).to_device(model.device());
             let (_, projected) = model.encode_clips(&normalise_u8_clips(&u8s), false);
-            let out = projected
-                .to_kind(Kind::Float)
-                .to_device(tch::Device::Cpu)
-                .contiguous();
+            let out = projected.to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous();
             let mut v = vec![0f32; cfg.batch_size * dim];
             out.copy_data(&mut v, cfg.batch_size * dim);
             v
@@ -585,10 +491,7 @@ fn extraction_run(
     std::fs::create_dir_all(&videos)?;
     for p in paths {
         let target = std::path::absolute(p)?;
-        std::os::unix::fs::symlink(
-            &target,
-            videos.join(p.file_name().context("video without a file name")?),
-        )?;
+        std::os::unix::fs::symlink(&target, videos.join(p.file_name().context("video without a file name")?))?;
     }
     let text = format!(
         "[run]\noutput_dir = {out}\n\n\
@@ -606,18 +509,9 @@ fn extraction_run(
     let graph_file = dir.join("extract.toml");
     std::fs::write(&graph_file, text)?;
     let graph = graph::load(&graph_file, &[] as &[&str]).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let cluster = Cluster {
-        threads: 1,
-        processes: 1,
-        process: 0,
-        hostfile: None,
-        connect_timeout: Duration::from_secs(60),
-    };
-    let flags = RunFlags {
-        strict: true,
-        quiet: true,
-        resume_only: false,
-    };
+    let cluster =
+        Cluster { threads: 1, processes: 1, process: 0, hostfile: None, connect_timeout: Duration::from_secs(60) };
+    let flags = RunFlags { strict: true, quiet: true, resume_only: false };
     let summary = run::run(&graph, &cluster, &flags)?;
     if let Some(f) = &summary.fatal {
         bail!("the extraction run failed: {f}");
@@ -641,17 +535,8 @@ fn bench_e2e(args: &BenchArgs, sets: &[VideoSet]) -> Result<Value> {
     };
     let device = locvtp_model::parse_device(&args.device)?;
     let on_cpu = device == tch::Device::Cpu;
-    let threads = args
-        .e2e_decoder_threads
-        .unwrap_or(if on_cpu {
-            (cores() / 2).max(1)
-        } else {
-            cores()
-        })
-        .max(1);
-    let torch_threads = args
-        .torch_threads
-        .or(on_cpu.then(|| cores().saturating_sub(threads).max(1)));
+    let threads = args.e2e_decoder_threads.unwrap_or(if on_cpu { (cores() / 2).max(1) } else { cores() }).max(1);
+    let torch_threads = args.torch_threads.or(on_cpu.then(|| cores().saturating_sub(threads).max(1)));
     if let Some(n) = torch_threads {
         tch::set_num_threads(n as i32);
     }
@@ -666,14 +551,9 @@ fn bench_e2e(args: &BenchArgs, sets: &[VideoSet]) -> Result<Value> {
     );
     let (decode, _) = best_of(args.repeat, || decode_parallel(&paths, threads, 1))?;
     let (_, encode) = best_of(args.repeat, || encode_only(&cfg, clips))?;
-    let (full, summary) = best_of(args.repeat, || {
-        extraction_run(args, &paths, &model_path, threads)
-    })?;
+    let (full, summary) = best_of(args.repeat, || extraction_run(args, &paths, &model_path, threads))?;
     if summary.clips != clips {
-        bail!(
-            "the extraction run wrote {} clips, expected {clips}",
-            summary.clips
-        );
+        bail!("the extraction run wrote {} clips, expected {clips}", summary.clips);
     }
     let rate = |d: Duration| clips as f64 / d.as_secs_f64();
     println!(
@@ -696,10 +576,7 @@ fn bench_e2e(args: &BenchArgs, sets: &[VideoSet]) -> Result<Value> {
     );
     let slower = decode.max(encode).as_secs_f64();
     let ratio = full.as_secs_f64() / slower;
-    println!(
-        "  extraction / max(decode, encode) = {ratio:.2} (<= 1.15: {})",
-        verdict(ratio <= 1.15)
-    );
+    println!("  extraction / max(decode, encode) = {ratio:.2} (<= 1.15: {})", verdict(ratio <= 1.15));
     println!(
         "  (decode + encode = {:.2} s: the time without any overlap)",
         decode.as_secs_f64() + encode.as_secs_f64()
@@ -713,8 +590,7 @@ fn bench_e2e(args: &BenchArgs, sets: &[VideoSet]) -> Result<Value> {
 }
 
 fn bench(args: &BenchArgs) -> Result<Value> {
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("{}: cannot create", args.out.display()))?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
     let threads = args.threads.unwrap_or_else(cores).max(1);
     let ffmpeg = have_ffmpeg();
     let mut sets = Vec::new();
@@ -724,25 +600,13 @@ fn bench(args: &BenchArgs) -> Result<Value> {
         }
         for (w, h) in SHAPES {
             let paths = generate(&args.out.join("videos"), w, h, args)?;
-            sets.push(video_set(
-                format!("{w}x{h} H.264, {FPS} fps, GOP {}", args.gop),
-                paths,
-            )?);
+            sets.push(video_set(format!("{w}x{h} H.264, {FPS} fps, GOP {}", args.gop), paths)?);
         }
     } else {
         let first = probe(&args.videos[0])?;
         let label = match args.videos.len() {
-            1 => format!(
-                "{} ({}x{} {})",
-                args.videos[0].display(),
-                first.width,
-                first.height,
-                first.codec
-            ),
-            n => format!(
-                "{n} given videos (first: {}x{} {})",
-                first.width, first.height, first.codec
-            ),
+            1 => format!("{} ({}x{} {})", args.videos[0].display(), first.width, first.height, first.codec),
+            n => format!("{n} given videos (first: {}x{} {})", first.width, first.height, first.codec),
         };
         sets.push(video_set(label, args.videos.clone())?);
     }
@@ -751,11 +615,7 @@ fn bench(args: &BenchArgs) -> Result<Value> {
     for set in &sets {
         decode.push(bench_decode(args, set, threads, ffmpeg)?);
     }
-    let e2e = if args.no_e2e {
-        Value::Null
-    } else {
-        bench_e2e(args, &sets)?
-    };
+    let e2e = if args.no_e2e { Value::Null } else { bench_e2e(args, &sets)? };
     let report = json!({ "cores": cores(), "decode": decode, "end_to_end": e2e });
     let path = args.out.join("bench.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;

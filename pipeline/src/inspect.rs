@@ -38,17 +38,13 @@ fn text_side(inputs: &BTreeMap<String, Tensor>, args: &InspectArgs) -> Result<Te
     if let (Some(ids), Some(mask)) = (inputs.get("input_ids"), inputs.get("attention_mask")) {
         let dir = match args.text_encoder {
             Some(d) => d.to_path_buf(),
-            None => locvtp_model::text::default_text_encoder_dir().context("input_ids given but no text encoder found: pass --text-encoder")?,
+            None => locvtp_model::text::default_text_encoder_dir()
+                .context("input_ids given but no text encoder found: pass --text-encoder")?,
         };
         let enc = TextEncoder::load(&dir, Device::Cpu)?;
         let (b, l) = (ids.size()[0], ids.size()[1]);
         let rows: Vec<Vec<i64>> = (0..b)
-            .map(|i| {
-                (0..l)
-                    .filter(|&j| mask.int64_value(&[i, j]) != 0)
-                    .map(|j| ids.int64_value(&[i, j]))
-                    .collect()
-            })
+            .map(|i| (0..l).filter(|&j| mask.int64_value(&[i, j]) != 0).map(|j| ids.int64_value(&[i, j])).collect())
             .collect();
         return Ok(enc.encode_ids(&rows));
     }
@@ -56,7 +52,12 @@ fn text_side(inputs: &BTreeMap<String, Tensor>, args: &InspectArgs) -> Result<Te
         (Some(s), Some(w), Some(m)) => {
             let mask = m.to_kind(Kind::Bool);
             let word_lens = (0..mask.size()[0]).map(|i| mask.get(i).sum(Kind::Int64).int64_value(&[])).collect();
-            Ok(TextBatch { sentence: s.to_kind(Kind::Float), words: w.to_kind(Kind::Float), word_mask: mask, word_lens })
+            Ok(TextBatch {
+                sentence: s.to_kind(Kind::Float),
+                words: w.to_kind(Kind::Float),
+                word_mask: mask,
+                word_lens,
+            })
         }
         _ => bail!("{}: needs input_ids + attention_mask, or sentence + words + word_mask", args.inputs.display()),
     }
@@ -70,7 +71,8 @@ pub fn inspect(args: &InspectArgs) -> Result<usize> {
     }
     let (tensors, _) = locvtp_model::checkpoint::read_safetensors(args.inputs)?;
     let inputs: BTreeMap<String, Tensor> = tensors.into_iter().collect();
-    let draws = Draws::from_named_tensors(&inputs.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect::<Vec<_>>())?;
+    let draws =
+        Draws::from_named_tensors(&inputs.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect::<Vec<_>>())?;
     let text = text_side(&inputs, args)?;
     let mut out: Vec<(String, Tensor)> = Vec::new();
     tch::no_grad(|| -> Result<()> {

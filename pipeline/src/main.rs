@@ -212,7 +212,8 @@ fn main() -> ExitCode {
                         Ok(p) => eprintln!("summary: {}", p.display()),
                         Err(e) => eprintln!("error: cannot write the summary: {e:#}"),
                     }
-                    let nothing_done = summary.videos.processed + summary.videos.skipped == 0 && summary.videos.total > 0;
+                    let nothing_done =
+                        summary.videos.processed + summary.videos.skipped == 0 && summary.videos.total > 0;
                     if let Some(f) = &summary.fatal {
                         eprintln!("error: {f}");
                         ExitCode::FAILURE

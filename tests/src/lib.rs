@@ -22,12 +22,7 @@ pub fn binary() -> PathBuf {
 
 /// Runs `locvtp-flow ARGS` in `cwd` and returns its output.
 pub fn run_flow(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(binary())
-        .args(args)
-        .current_dir(cwd)
-        .env("LOCVTP_LOG", "warn")
-        .output()
-        .expect("run locvtp-flow")
+    Command::new(binary()).args(args).current_dir(cwd).env("LOCVTP_LOG", "warn").output().expect("run locvtp-flow")
 }
 
 /// Starts `locvtp-flow ARGS` in `cwd` without waiting for it; its output
@@ -99,7 +94,17 @@ pub fn make_video(path: &Path, width: u32, height: u32, fps: (i32, i32), seconds
 /// a count that owes nothing to this project's decoder.
 pub fn ffprobe_frames(path: &Path) -> u64 {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_frames",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(path)
         .output()
         .expect("ffprobe is installed by scripts/setup.sh");
@@ -150,7 +155,8 @@ inputs = ["encode"]
 pub fn loopback_hostfile(dir: &Path, n: usize) -> PathBuf {
     let listeners: Vec<std::net::TcpListener> =
         (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port")).collect();
-    let lines: Vec<String> = listeners.iter().map(|l| format!("127.0.0.1:{}", l.local_addr().unwrap().port())).collect();
+    let lines: Vec<String> =
+        listeners.iter().map(|l| format!("127.0.0.1:{}", l.local_addr().unwrap().port())).collect();
     let path = dir.join("hosts.txt");
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     path

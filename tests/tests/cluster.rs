@@ -34,7 +34,11 @@ fn two_processes_write_one_file_equal_to_one_worker() {
     for (p, o) in run_cluster(dir.path(), &g2, 2, 1).iter().enumerate() {
         assert!(o.status.success(), "process {p}: {}", String::from_utf8_lossy(&o.stderr));
     }
-    let files: Vec<_> = std::fs::read_dir(&cluster).unwrap().filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "h5")).collect();
+    let files: Vec<_> = std::fs::read_dir(&cluster)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "h5"))
+        .collect();
     assert_eq!(files.len(), 1, "one feature file for the whole cluster");
     assert_eq!(features(&single), features(&cluster));
 }
@@ -53,7 +57,19 @@ fn a_process_without_peers_gives_up_naming_the_address() {
     // Process 1 alone: process 0, which it must reach, never starts.
     let o = run_flow(
         dir.path(),
-        &["run", graph.to_str().unwrap(), "-q", "-n", "2", "-p", "1", "-h", hosts.to_str().unwrap(), "--connect-timeout", "2"],
+        &[
+            "run",
+            graph.to_str().unwrap(),
+            "-q",
+            "-n",
+            "2",
+            "-p",
+            "1",
+            "-h",
+            hosts.to_str().unwrap(),
+            "--connect-timeout",
+            "2",
+        ],
     );
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);

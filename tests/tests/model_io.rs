@@ -77,12 +77,38 @@ fn inspect_dumps_every_intermediate_and_the_same_losses() {
     let model_path = repo().join("configs/c3d-tiny.toml");
     let o = run_flow(
         dir.path(),
-        &["inspect", "--model", model_path.to_str().unwrap(), "--inputs", input_path.to_str().unwrap(), "--out", out_path.to_str().unwrap(), "--seed", "9"],
+        &[
+            "inspect",
+            "--model",
+            model_path.to_str().unwrap(),
+            "--inputs",
+            input_path.to_str().unwrap(),
+            "--out",
+            out_path.to_str().unwrap(),
+            "--seed",
+            "9",
+        ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (dumped, _) = read_safetensors(&out_path).unwrap();
     let dumped: BTreeMap<String, Tensor> = dumped.into_iter().collect();
-    for name in ["V", "S", "W", "V_spliced", "a", "pos_words", "pos_clips", "draws.neg_words", "loss.coarse", "loss.splice", "loss.fg_vid", "loss.fg_word", "loss.fg_vid_ctx", "loss.fg_word_ctx", "loss.total"] {
+    for name in [
+        "V",
+        "S",
+        "W",
+        "V_spliced",
+        "a",
+        "pos_words",
+        "pos_clips",
+        "draws.neg_words",
+        "loss.coarse",
+        "loss.splice",
+        "loss.fg_vid",
+        "loss.fg_word",
+        "loss.fg_vid_ctx",
+        "loss.fg_word_ctx",
+        "loss.total",
+    ] {
         assert!(dumped.contains_key(name), "{name} missing from the dump");
     }
     assert_eq!(dumped["V"].size(), vec![b, t, cfg.projection_dim]);

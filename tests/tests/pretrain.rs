@@ -119,7 +119,8 @@ fn pretraining_trains_checkpoints_resumes_and_feeds_extraction() {
     assert!((full.last().unwrap()["lr"].as_f64().unwrap() - 0.0001).abs() < 1e-12);
     let ckpts = full_out.join("checkpoints");
     assert!(ckpts.join("epoch-001.safetensors").exists() && ckpts.join("epoch-002.safetensors").exists());
-    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(full_out.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(full_out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["training"]["steps"], full.len());
 
     // Stop after one epoch, then run the two-epoch command: it resumes from
@@ -148,7 +149,9 @@ fn pretraining_trains_checkpoints_resumes_and_feeds_extraction() {
     // And the evaluate graph scores it: retrieval over the narration's
     // caption clips, grounding on one annotation per scene.
     let grounding = dir.path().join("grounding.txt");
-    let lines: String = (0..4).flat_map(|i| [format!("v{i} 0.0 1.2##first scene\n"), format!("v{i} 1.2 2.4##second scene\n")]).collect();
+    let lines: String = (0..4)
+        .flat_map(|i| [format!("v{i} 0.0 1.2##first scene\n"), format!("v{i} 1.2 2.4##second scene\n")])
+        .collect();
     std::fs::write(&grounding, lines).unwrap();
     let eval_out = dir.path().join("eval");
     let graph = dir.path().join("evaluate.toml");
@@ -163,7 +166,8 @@ fn pretraining_trains_checkpoints_resumes_and_feeds_extraction() {
     std::fs::write(&graph, text).unwrap();
     let o = run_flow(dir.path(), &["run", graph.to_str().unwrap(), "-q"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(eval_out.join("evaluation.json")).unwrap()).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(eval_out.join("evaluation.json")).unwrap()).unwrap();
     let queries = r["retrieval"]["queries"].as_u64().unwrap();
     assert!(queries >= 8, "{r}");
     assert!((r["retrieval"]["chance"]["R@1"].as_f64().unwrap() - 1.0 / queries as f64).abs() < 1e-12);
@@ -183,7 +187,8 @@ fn two_workers_take_the_same_steps_as_one() {
     let mut args = fixed.to_vec();
     args.extend_from_slice(&["-w", "2"]);
     let two = run_pretrain(dir.path(), "two", &dir.path().join("two"), 2, &args);
-    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("two/summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("two/summary.json")).unwrap()).unwrap();
     assert_eq!(summary["decode_passes"], 4 * 2, "one pass per video and epoch, serving all its clips: {summary}");
     assert!(one.len() >= 3, "{} steps", one.len());
     assert_eq!(one.len(), two.len());

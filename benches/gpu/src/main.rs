@@ -113,12 +113,7 @@ fn model_config(size: ModelSize) -> ModelConfig {
         ModelSize::Full => ([64, 128, 256, 512, 512], 4096, 256, 768, 10),
     };
     ModelConfig {
-        c3d: C3dConfig {
-            channels,
-            fc_dim,
-            num_classes: 487,
-            ..C3dConfig::default()
-        },
+        c3d: C3dConfig { channels, fc_dim, num_classes: 487, ..C3dConfig::default() },
         projection_dim,
         text_dim,
         num_segments,
@@ -128,9 +123,7 @@ fn model_config(size: ModelSize) -> ModelConfig {
 
 /// The name clap accepts for an option value.
 fn value_name(v: impl ValueEnum) -> String {
-    v.to_possible_value()
-        .map(|p| p.get_name().to_string())
-        .unwrap_or_default()
+    v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default()
 }
 
 fn synchronize(device: Device) {
@@ -143,10 +136,7 @@ fn synchronize(device: Device) {
 fn text_batch(b: i64, n: i64, h: i64, device: Device) -> TextBatch {
     // Lengths vary so that the padding masks do real work.
     let word_lens: Vec<i64> = (0..b).map(|i| (n - i % 4).max(1)).collect();
-    let mask: Vec<bool> = word_lens
-        .iter()
-        .flat_map(|&l| (0..n).map(move |j| j < l))
-        .collect();
+    let mask: Vec<bool> = word_lens.iter().flat_map(|&l| (0..n).map(move |j| j < l)).collect();
     let word_mask = Tensor::from_slice(&mask).reshape([b, n]).to_device(device);
     TextBatch {
         sentence: Tensor::randn([b, h], (Kind::Float, device)),
@@ -175,19 +165,11 @@ fn time_loop(device: Device, warmup: usize, iters: usize, mut step: impl FnMut()
         step();
     }
     synchronize(device);
-    Timing {
-        warmup_s,
-        seconds: t.elapsed().as_secs_f64(),
-    }
+    Timing { warmup_s, seconds: t.elapsed().as_secs_f64() }
 }
 
 fn parameter_count(model: &LocVtp) -> i64 {
-    model
-        .vs
-        .trainable_variables()
-        .iter()
-        .map(|v| v.numel() as i64)
-        .sum()
+    model.vs.trainable_variables().iter().map(|v| v.numel() as i64).sum()
 }
 
 struct Bench<'a> {
@@ -198,15 +180,7 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    fn record(
-        &self,
-        task: &str,
-        bf16: bool,
-        batch: i64,
-        unit: &str,
-        per_iter: i64,
-        t: &Timing,
-    ) -> serde_json::Value {
+    fn record(&self, task: &str, bf16: bool, batch: i64, unit: &str, per_iter: i64, t: &Timing) -> serde_json::Value {
         let iters = self.args.iters as f64;
         json!({
             "impl": "rust-tch",
@@ -232,22 +206,14 @@ impl Bench<'_> {
 
     fn extract(&self, bf16: bool) -> Result<serde_json::Value> {
         let a = self.args;
-        let (b, f, s) = (
-            a.extract_batch,
-            self.cfg.frames_per_segment,
-            self.cfg.frame_size,
-        );
+        let (b, f, s) = (a.extract_batch, self.cfg.frames_per_segment, self.cfg.frame_size);
         let host = Tensor::randint(256, [b, f, s, s, 3], (Kind::Uint8, Device::Cpu));
         let resident = host.to_device(self.device);
         let mut out_len = 0;
         let t = time_loop(self.device, a.warmup, a.iters, || {
             let feats = tch::no_grad(|| {
                 amp::bf16(self.device, bf16, || {
-                    let u8s = if a.resident_input {
-                        resident.shallow_clone()
-                    } else {
-                        host.to_device(self.device)
-                    };
+                    let u8s = if a.resident_input { resident.shallow_clone() } else { host.to_device(self.device) };
                     let mut x = normalise_u8_clips(&u8s);
                     if a.layout == Layout::Contiguous {
                         x = x.contiguous();
@@ -268,18 +234,9 @@ impl Bench<'_> {
 
     fn train(&self, bf16: bool) -> Result<serde_json::Value> {
         let a = self.args;
-        let (b, tt, f, s) = (
-            a.train_batch,
-            self.cfg.num_segments,
-            self.cfg.frames_per_segment,
-            self.cfg.frame_size,
-        );
+        let (b, tt, f, s) = (a.train_batch, self.cfg.num_segments, self.cfg.frames_per_segment, self.cfg.frame_size);
         let host = Tensor::randint(256, [b, tt, f, s, s, 3], (Kind::Uint8, Device::Cpu));
-        let clips = if a.resident_input {
-            host.to_device(self.device)
-        } else {
-            host
-        };
+        let clips = if a.resident_input { host.to_device(self.device) } else { host };
         let text = text_batch(b, a.words, self.cfg.text_dim, self.device);
         let mut rng = ChaCha8Rng::seed_from_u64(a.seed as u64);
         // One set of draws for the whole run: drawing is host work that the
@@ -290,9 +247,7 @@ impl Bench<'_> {
         let mut last = Tensor::zeros([], (Kind::Float, self.device));
         let t = time_loop(self.device, a.warmup, a.iters, || {
             zero_gradients(&self.model);
-            let terms = amp::bf16(self.device, bf16, || {
-                forward_losses(&self.model, &clips, &text, &draws, &weights)
-            });
+            let terms = amp::bf16(self.device, bf16, || forward_losses(&self.model, &clips, &text, &draws, &weights));
             terms.total.backward();
             adam.step(&self.model, 1e-3);
             last = terms.total.detach();
@@ -302,18 +257,11 @@ impl Bench<'_> {
             // Random data at the released learning rate can diverge (oneDNN's
             // bf16 convolutions on CPUs without bf16 units do within a few
             // steps); a throughput figure is still a throughput figure.
-            eprintln!(
-                "warning: the training loss is {loss} after {} steps",
-                a.warmup + a.iters
-            );
+            eprintln!("warning: the training loss is {loss} after {} steps", a.warmup + a.iters);
         }
         let mut rec = self.record("train", bf16, b, "samples", b, &t);
         rec["clips_per_s"] = json!((b * tt) as f64 * a.iters as f64 / t.seconds);
-        rec["last_loss"] = if loss.is_finite() {
-            json!(loss)
-        } else {
-            serde_json::Value::Null
-        };
+        rec["last_loss"] = if loss.is_finite() { json!(loss) } else { serde_json::Value::Null };
         Ok(rec)
     }
 }
@@ -339,12 +287,7 @@ fn run(args: &Args) -> Result<Vec<serde_json::Value>> {
     let cfg = model_config(args.model);
     let model = LocVtp::new(&cfg, device, args.seed);
     tch::manual_seed(args.seed);
-    let bench = Bench {
-        args,
-        device,
-        cfg,
-        model,
-    };
+    let bench = Bench { args, device, cfg, model };
     let mut out = Vec::new();
     for &bf16 in precisions {
         if matches!(args.task, Task::Extract | Task::All) {
@@ -367,10 +310,7 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     match run(&args) {
         Ok(results) => {
-            eprintln!(
-                "{:<8} {:<14} {:>6} {:>10} {:>12}",
-                "task", "precision", "batch", "ms/iter", "rate"
-            );
+            eprintln!("{:<8} {:<14} {:>6} {:>10} {:>12}", "task", "precision", "batch", "ms/iter", "rate");
             for r in &results {
                 eprintln!(
                     "{:<8} {:<14} {:>6} {:>10.2} {:>8.1} {}/s",

@@ -57,19 +57,12 @@ pub(crate) fn build<S: AsRef<str>>(
 
     for key in doc.root.keys() {
         if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
-            problems.push(doc.problem(
-                std::slice::from_ref(key),
-                unknown_key_message(key, TOP_LEVEL_KEYS),
-            ));
+            problems.push(doc.problem(std::slice::from_ref(key), unknown_key_message(key, TOP_LEVEL_KEYS)));
         }
     }
     let run = read_run(&doc, &mut problems);
     let stages = read_stages(&doc, &mut problems);
-    let index: HashMap<&str, usize> = stages
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.name.as_str(), i))
-        .collect();
+    let index: HashMap<&str, usize> = stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
     check_edges(&doc, &stages, &index, &mut problems);
     check_cycles(&doc, &stages, &index, &mut problems);
     check_sink(&doc, &stages, &mut problems);
@@ -94,27 +87,16 @@ pub(crate) fn build<S: AsRef<str>>(
         return Err(GraphError::new(problems));
     }
 
-    let resolver = |prefix: &[String], output_dir| PathResolver {
-        doc: &doc,
-        prefix: prefix.to_vec(),
-        graph_dir,
-        cwd,
-        output_dir,
-    };
+    let resolver =
+        |prefix: &[String], output_dir| PathResolver { doc: &doc, prefix: prefix.to_vec(), graph_dir, cwd, output_dir };
     run.resolve_paths(&resolver(&["run".to_string()], None));
     let order = topological_order(&stages, &index);
     let mut slots: Vec<Option<Pending>> = stages.into_iter().map(Some).collect();
     let mut out = Vec::with_capacity(slots.len());
     for i in order {
-        let pending = slots[i]
-            .take()
-            .expect("each stage appears once in the order");
-        let mut parsed = pending
-            .parsed
-            .expect("stages without valid options were reported");
-        parsed
-            .options
-            .resolve_paths(&resolver(&pending.path, Some(&run.output_dir)));
+        let pending = slots[i].take().expect("each stage appears once in the order");
+        let mut parsed = pending.parsed.expect("stages without valid options were reported");
+        parsed.options.resolve_paths(&resolver(&pending.path, Some(&run.output_dir)));
         out.push(Stage {
             name: pending.name,
             options: parsed.options,
@@ -122,11 +104,7 @@ pub(crate) fn build<S: AsRef<str>>(
             non_default: parsed.non_default,
         });
     }
-    Ok(Graph {
-        file: file.to_path_buf(),
-        run,
-        stages: out,
-    })
+    Ok(Graph { file: file.to_path_buf(), run, stages: out })
 }
 
 fn report_checks(doc: &Document, prefix: &[String], checks: Checks, problems: &mut Vec<Problem>) {
@@ -138,10 +116,7 @@ fn report_checks(doc: &Document, prefix: &[String], checks: Checks, problems: &m
 /// A problem about the file as a whole, such as a missing table.
 fn file_problem(doc: &Document, key: &str, message: impl Into<String>) -> Problem {
     Problem {
-        location: Location::File {
-            path: doc.file.clone(),
-            line: None,
-        },
+        location: Location::File { path: doc.file.clone(), line: None },
         key: key.to_string(),
         message: message.into(),
     }
@@ -151,30 +126,19 @@ fn read_run(doc: &Document, problems: &mut Vec<Problem>) -> Option<RunOptions> {
     let path = vec!["run".to_string()];
     match doc.root.get("run") {
         None => {
-            problems.push(file_problem(
-                doc,
-                "run",
-                "missing the [run] table; it needs at least output_dir",
-            ));
+            problems.push(file_problem(doc, "run", "missing the [run] table; it needs at least output_dir"));
             None
         }
         Some(toml::Value::Table(table)) => deserialize_table(table.clone(), &path, doc, problems),
         Some(other) => {
-            problems.push(doc.problem(
-                &path,
-                format!("expected a table, got {}", describe_value(other)),
-            ));
+            problems.push(doc.problem(&path, format!("expected a table, got {}", describe_value(other))));
             None
         }
     }
 }
 
 fn type_names() -> String {
-    STAGE_TYPES
-        .iter()
-        .map(|t| t.name)
-        .collect::<Vec<_>>()
-        .join(", ")
+    STAGE_TYPES.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
 }
 
 /// Reads each `[stages.<name>]` table, in file order (stages added only by
@@ -182,11 +146,7 @@ fn type_names() -> String {
 fn read_stages(doc: &Document, problems: &mut Vec<Problem>) -> Vec<Pending> {
     let table = match doc.root.get("stages") {
         None => {
-            problems.push(file_problem(
-                doc,
-                "stages",
-                "missing; a graph needs [stages.<name>] tables",
-            ));
+            problems.push(file_problem(doc, "stages", "missing; a graph needs [stages.<name>] tables"));
             return Vec::new();
         }
         Some(toml::Value::Table(table)) => table,
@@ -202,10 +162,7 @@ fn read_stages(doc: &Document, problems: &mut Vec<Problem>) -> Vec<Pending> {
         .iter()
         .map(|(name, value)| {
             let path = vec!["stages".to_string(), name.clone()];
-            (
-                doc.line(&path),
-                read_stage(doc, name, path, value, problems),
-            )
+            (doc.line(&path), read_stage(doc, name, path, value, problems))
         })
         .collect();
     stages.sort_by_key(|(line, _)| (line.is_none(), *line));
@@ -219,59 +176,38 @@ fn read_stage(
     value: &toml::Value,
     problems: &mut Vec<Problem>,
 ) -> Pending {
-    let mut stage = Pending {
-        name: name.to_string(),
-        path,
-        ty: None,
-        inputs: Vec::new(),
-        inputs_given: false,
-        parsed: None,
-    };
+    let mut stage =
+        Pending { name: name.to_string(), path, ty: None, inputs: Vec::new(), inputs_given: false, parsed: None };
     if !is_bare_key(name) {
-        problems.push(doc.problem(
-            &stage.path,
-            "stage names may contain only letters, digits, '_' and '-'",
-        ));
+        problems.push(doc.problem(&stage.path, "stage names may contain only letters, digits, '_' and '-'"));
     }
     let toml::Value::Table(table) = value else {
-        problems.push(doc.problem(
-            &stage.path,
-            format!(
-                "expected a stage table with a `type`, got {}",
-                describe_value(value)
-            ),
-        ));
+        problems.push(
+            doc.problem(&stage.path, format!("expected a stage table with a `type`, got {}", describe_value(value))),
+        );
         return stage;
     };
     let mut options = table.clone();
 
     let type_path = key_path(&stage.path, "type");
     match options.remove("type") {
-        None => problems.push(doc.problem(
-            &type_path,
-            format!("missing required key; expected one of: {}", type_names()),
-        )),
+        None => {
+            problems.push(doc.problem(&type_path, format!("missing required key; expected one of: {}", type_names())))
+        }
         Some(toml::Value::String(ty)) => match StageType::lookup(&ty) {
             Some(found) => stage.ty = Some(found),
             None => {
                 let names: Vec<&str> = STAGE_TYPES.iter().map(|t| t.name).collect();
-                let mut message = format!(
-                    "unknown stage type `{ty}`; expected one of: {}",
-                    type_names()
-                );
+                let mut message = format!("unknown stage type `{ty}`; expected one of: {}", type_names());
                 if let Some(close) = closest(&ty, &names) {
                     message.push_str(&format!(" (did you mean `{close}`?)"));
                 }
                 problems.push(doc.problem(&type_path, message));
             }
         },
-        Some(other) => problems.push(doc.problem(
-            &type_path,
-            format!(
-                "expected a string naming the stage type, got {}",
-                describe_value(&other)
-            ),
-        )),
+        Some(other) => problems.push(
+            doc.problem(&type_path, format!("expected a string naming the stage type, got {}", describe_value(&other))),
+        ),
     }
 
     match options.remove("inputs") {
@@ -283,10 +219,7 @@ fn read_stage(
                     toml::Value::String(input) => stage.inputs.push(input.clone()),
                     other => problems.push(doc.problem(
                         &stage.input_path(i),
-                        format!(
-                            "expected a stage name (a string), got {}",
-                            describe_value(other)
-                        ),
+                        format!("expected a stage name (a string), got {}", describe_value(other)),
                     )),
                 }
             }
@@ -295,10 +228,7 @@ fn read_stage(
             stage.inputs_given = true;
             problems.push(doc.problem(
                 &stage.inputs_path(),
-                format!(
-                    "expected an array of stage names, like inputs = [\"decode\"]; got {}",
-                    describe_value(&other)
-                ),
+                format!("expected an array of stage names, like inputs = [\"decode\"]; got {}", describe_value(&other)),
             ));
         }
     }
@@ -310,21 +240,12 @@ fn read_stage(
 }
 
 fn ports_text(ty: &StageType) -> String {
-    ty.inputs
-        .iter()
-        .map(|p| format!("{} ({})", p.name, p.kind))
-        .collect::<Vec<_>>()
-        .join(", ")
+    ty.inputs.iter().map(|p| format!("{} ({})", p.name, p.kind)).collect::<Vec<_>>().join(", ")
 }
 
 /// Input names exist, counts match the type's ports, sources have no
 /// inputs, and each edge carries the kind its port expects.
-fn check_edges(
-    doc: &Document,
-    stages: &[Pending],
-    index: &HashMap<&str, usize>,
-    problems: &mut Vec<Problem>,
-) {
+fn check_edges(doc: &Document, stages: &[Pending], index: &HashMap<&str, usize>, problems: &mut Vec<Problem>) {
     let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
     for stage in stages {
         let inputs_key = dotted(&stage.inputs_path());
@@ -337,10 +258,7 @@ fn check_edges(
         for (i, input) in stage.inputs.iter().enumerate() {
             if !index.contains_key(input.as_str()) {
                 all_exist = false;
-                let mut message = format!(
-                    "no stage named `{input}`; the stages are: {}",
-                    names.join(", ")
-                );
+                let mut message = format!("no stage named `{input}`; the stages are: {}", names.join(", "));
                 if let Some(close) = closest(input, &names) {
                     message.push_str(&format!(" (did you mean `{close}`?)"));
                 }
@@ -350,10 +268,8 @@ fn check_edges(
         let Some(ty) = stage.ty else { continue };
         if ty.is_source() {
             if stage.inputs_given && !stage.inputs.is_empty() {
-                problems.push(doc.problem(
-                    &stage.inputs_path(),
-                    format!("`{}` is a source and takes no inputs", ty.name),
-                ));
+                problems
+                    .push(doc.problem(&stage.inputs_path(), format!("`{}` is a source and takes no inputs", ty.name)));
             }
             continue;
         }
@@ -363,12 +279,7 @@ fn check_edges(
                 n => format!("{n} inputs"),
             };
             let message = if stage.inputs_given {
-                format!(
-                    "`{}` takes {wanted}: {}; got {}",
-                    ty.name,
-                    ports_text(ty),
-                    stage.inputs.len()
-                )
+                format!("`{}` takes {wanted}: {}; got {}", ty.name, ports_text(ty), stage.inputs.len())
             } else {
                 format!("missing; `{}` takes {wanted}: {}", ty.name, ports_text(ty))
             };
@@ -378,17 +289,10 @@ fn check_edges(
         if !all_exist {
             continue;
         }
-        let sources: Vec<&Pending> = stage
-            .inputs
-            .iter()
-            .map(|n| &stages[index[n.as_str()]])
-            .collect();
+        let sources: Vec<&Pending> = stage.inputs.iter().map(|n| &stages[index[n.as_str()]]).collect();
         // Inputs whose kinds are right but listed in another order get a
         // hint, since ports are matched by position.
-        let mut given: Vec<_> = sources
-            .iter()
-            .filter_map(|s| s.ty.and_then(|t| t.output))
-            .collect();
+        let mut given: Vec<_> = sources.iter().filter_map(|s| s.ty.and_then(|t| t.output)).collect();
         let mut wanted: Vec<_> = ty.inputs.iter().map(|p| p.kind).collect();
         given.sort_by_key(|k| k.to_string());
         wanted.sort_by_key(|k| k.to_string());
@@ -409,15 +313,9 @@ fn check_edges(
                     ),
                 )),
                 Some(kind) if kind != port.kind => {
-                    let mut message = format!(
-                        "{who} expects {}, got {kind} from stage `{}`",
-                        port.kind, source.name
-                    );
+                    let mut message = format!("{who} expects {}, got {kind} from stage `{}`", port.kind, source.name);
                     if reordered {
-                        message.push_str(&format!(
-                            "; list the inputs in the order {}",
-                            ports_text(ty)
-                        ));
+                        message.push_str(&format!("; list the inputs in the order {}", ports_text(ty)));
                     }
                     problems.push(at_input(i, message));
                 }
@@ -446,12 +344,7 @@ fn successors(stages: &[Pending], index: &HashMap<&str, usize>) -> Vec<Vec<usize
 }
 
 /// Reports each cycle once, naming its stages in data-flow order.
-fn check_cycles(
-    doc: &Document,
-    stages: &[Pending],
-    index: &HashMap<&str, usize>,
-    problems: &mut Vec<Problem>,
-) {
+fn check_cycles(doc: &Document, stages: &[Pending], index: &HashMap<&str, usize>, problems: &mut Vec<Problem>) {
     let succ = successors(stages, index);
     for component in strongly_connected(&succ) {
         let start = *component.iter().min().expect("components are not empty");
@@ -462,10 +355,8 @@ fn check_cycles(
         let members: BTreeSet<usize> = component.iter().copied().collect();
         let cycle = cycle_through(start, &succ, &members);
         let names: Vec<&str> = cycle.iter().map(|&i| stages[i].name.as_str()).collect();
-        problems.push(doc.problem(
-            &stages[start].inputs_path(),
-            format!("stages form a cycle: {}", names.join(" -> ")),
-        ));
+        problems
+            .push(doc.problem(&stages[start].inputs_path(), format!("stages form a cycle: {}", names.join(" -> "))));
     }
 }
 
@@ -567,17 +458,10 @@ fn check_sink(doc: &Document, stages: &[Pending], problems: &mut Vec<Problem>) {
         return;
     }
     if !stages.iter().any(|s| s.ty.is_some_and(StageType::is_sink)) {
-        let sinks: Vec<&str> = STAGE_TYPES
-            .iter()
-            .filter(|t| t.is_sink())
-            .map(|t| t.name)
-            .collect();
+        let sinks: Vec<&str> = STAGE_TYPES.iter().filter(|t| t.is_sink()).map(|t| t.name).collect();
         problems.push(doc.problem(
             &["stages".to_string()],
-            format!(
-                "the graph has no sink, so it would compute nothing; add a stage of type {}",
-                sinks.join(", ")
-            ),
+            format!("the graph has no sink, so it would compute nothing; add a stage of type {}", sinks.join(", ")),
         ));
     }
 }

@@ -32,32 +32,19 @@ pub(crate) fn describe(graph: &Graph) -> String {
             .iter()
             .zip(ty.inputs)
             .map(|(input, port)| {
-                let kind = graph
-                    .stage(input)
-                    .and_then(|s| s.output())
-                    .unwrap_or(port.kind);
+                let kind = graph.stage(input).and_then(|s| s.output()).unwrap_or(port.kind);
                 format!("{input} ({kind})")
             })
             .collect::<Vec<_>>();
-        let output = stage
-            .output()
-            .map_or_else(|| "sink".to_string(), |k| k.to_string());
+        let output = stage.output().map_or_else(|| "sink".to_string(), |k| k.to_string());
         let _ = if inputs.is_empty() {
             writeln!(out, "  {} [{}] -> {output}", stage.name, ty.name)
         } else {
-            writeln!(
-                out,
-                "  {} [{}] <- {} -> {output}",
-                stage.name,
-                ty.name,
-                inputs.join(", ")
-            )
+            writeln!(out, "  {} [{}] <- {} -> {output}", stage.name, ty.name, inputs.join(", "))
         };
         let table = stage.options.to_toml().unwrap_or_default();
         for key in &stage.non_default {
-            let value = table
-                .get(key)
-                .map_or_else(|| "(unset)".to_string(), ToString::to_string);
+            let value = table.get(key).map_or_else(|| "(unset)".to_string(), ToString::to_string);
             let _ = writeln!(out, "      {key} = {value}");
         }
     }

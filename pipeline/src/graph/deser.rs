@@ -63,16 +63,9 @@ pub(crate) fn deserialize_table<T: DeserializeOwned>(
     };
     let mut ok = true;
     if let Some(fields) = field_names::<T>() {
-        let unknown: Vec<String> = table
-            .keys()
-            .filter(|k| !fields.contains(&k.as_str()))
-            .cloned()
-            .collect();
+        let unknown: Vec<String> = table.keys().filter(|k| !fields.contains(&k.as_str())).cloned().collect();
         for key in unknown {
-            problems.push(doc.problem(
-                &at(std::slice::from_ref(&key)),
-                unknown_key_message(&key, fields),
-            ));
+            problems.push(doc.problem(&at(std::slice::from_ref(&key)), unknown_key_message(&key, fields)));
             table.remove(&key);
             ok = false;
         }
@@ -116,9 +109,7 @@ pub(crate) fn deserialize_table<T: DeserializeOwned>(
 
 /// The field named by serde's standard "missing field `x`" message.
 fn missing_field(message: &str) -> Option<&str> {
-    message
-        .strip_prefix("missing field `")
-        .and_then(|rest| rest.strip_suffix('`'))
+    message.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`'))
 }
 
 /// `unknown key; expected one of: a, b, c`, with a suggestion when the key

@@ -17,10 +17,7 @@ pub enum Location {
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Location::File {
-                path,
-                line: Some(line),
-            } => write!(f, "{}:{line}", path.display()),
+            Location::File { path, line: Some(line) } => write!(f, "{}:{line}", path.display()),
             Location::File { path, line: None } => write!(f, "{}", path.display()),
             Location::Set { key } => write!(f, "--set {key}"),
         }
@@ -58,9 +55,7 @@ pub struct GraphError {
 impl GraphError {
     pub(crate) fn new(mut problems: Vec<Problem>) -> Self {
         problems.sort_by_key(|p| match &p.location {
-            Location::File {
-                line: Some(line), ..
-            } => (0, *line),
+            Location::File { line: Some(line), .. } => (0, *line),
             Location::Set { .. } => (1, 0),
             Location::File { line: None, .. } => (2, 0),
         });

@@ -80,30 +80,20 @@ impl Graph {
 pub fn load<S: AsRef<str>>(file: &Path, overrides: &[S]) -> Result<Graph, GraphError> {
     let whole_file = |message: String| {
         GraphError::new(vec![Problem {
-            location: Location::File {
-                path: file.to_path_buf(),
-                line: None,
-            },
+            location: Location::File { path: file.to_path_buf(), line: None },
             key: String::new(),
             message,
         }])
     };
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| whole_file(format!("cannot read the graph file: {e}")))?;
-    let cwd = std::env::current_dir()
-        .map_err(|e| whole_file(format!("cannot read the working directory: {e}")))?;
+    let text = std::fs::read_to_string(file).map_err(|e| whole_file(format!("cannot read the graph file: {e}")))?;
+    let cwd = std::env::current_dir().map_err(|e| whole_file(format!("cannot read the working directory: {e}")))?;
     parse_str(&text, file, overrides, &cwd)
 }
 
 /// Like [`load`], for graph text already in memory: `file` names it in
 /// messages and, taken relative to `cwd`, gives the folder its relative
 /// paths are resolved against; `cwd` also resolves override paths.
-pub fn parse_str<S: AsRef<str>>(
-    text: &str,
-    file: &Path,
-    overrides: &[S],
-    cwd: &Path,
-) -> Result<Graph, GraphError> {
+pub fn parse_str<S: AsRef<str>>(text: &str, file: &Path, overrides: &[S], cwd: &Path) -> Result<Graph, GraphError> {
     let dir = cwd.join(file.parent().unwrap_or(Path::new("")));
     // A canonical folder lets `../x` in the file be shown as a clean path
     // (see `paths::join_clean`).

@@ -109,9 +109,7 @@ pub struct VideoFilesOptions {
 }
 
 fn default_extensions() -> Vec<String> {
-    ["mp4", "webm", "mkv", "mov", "avi"]
-        .map(String::from)
-        .to_vec()
+    ["mp4", "webm", "mkv", "mov", "avi"].map(String::from).to_vec()
 }
 
 impl StageSpec for VideoFilesOptions {
@@ -128,15 +126,8 @@ impl StageSpec for VideoFilesOptions {
         if self.extensions.is_empty() {
             checks.error("extensions", "must list at least one extension");
         }
-        if let Some(bad) = self
-            .extensions
-            .iter()
-            .find(|e| e.is_empty() || e.starts_with('.'))
-        {
-            checks.error(
-                "extensions",
-                format!("extensions are written without the dot, like \"mp4\"; got \"{bad}\""),
-            );
+        if let Some(bad) = self.extensions.iter().find(|e| e.is_empty() || e.starts_with('.')) {
+            checks.error("extensions", format!("extensions are written without the dot, like \"mp4\"; got \"{bad}\""));
         }
         if let Some(limit) = self.limit {
             checks.at_least_one("limit", limit);
@@ -162,22 +153,13 @@ pub struct DecodeOptions {
 
 impl Default for DecodeOptions {
     fn default() -> Self {
-        DecodeOptions {
-            threads: 2,
-            codec_threads: 1,
-            frame_size: 112,
-            queue: 32,
-            chunk_frames: 16,
-        }
+        DecodeOptions { threads: 2, codec_threads: 1, frame_size: 112, queue: 32, chunk_frames: 16 }
     }
 }
 
 impl StageSpec for DecodeOptions {
     const TYPE: &'static str = "decode";
-    const INPUTS: &'static [Port] = &[Port {
-        name: "videos",
-        kind: DataKind::VideoFiles,
-    }];
+    const INPUTS: &'static [Port] = &[Port { name: "videos", kind: DataKind::VideoFiles }];
     const OUTPUT: Option<DataKind> = Some(DataKind::Frames);
 
     fn validate(&self, checks: &mut Checks) {
@@ -211,20 +193,13 @@ pub struct DenseClipsOptions {
 
 impl Default for DenseClipsOptions {
     fn default() -> Self {
-        DenseClipsOptions {
-            clip_frames: 16,
-            stride: 16,
-            tail: Tail::Pad,
-        }
+        DenseClipsOptions { clip_frames: 16, stride: 16, tail: Tail::Pad }
     }
 }
 
 impl StageSpec for DenseClipsOptions {
     const TYPE: &'static str = "dense_clips";
-    const INPUTS: &'static [Port] = &[Port {
-        name: "frames",
-        kind: DataKind::Frames,
-    }];
+    const INPUTS: &'static [Port] = &[Port { name: "frames", kind: DataKind::Frames }];
     const OUTPUT: Option<DataKind> = Some(DataKind::Clips);
 
     fn validate(&self, checks: &mut Checks) {
@@ -276,10 +251,7 @@ impl Default for C3dEncodeOptions {
 
 impl StageSpec for C3dEncodeOptions {
     const TYPE: &'static str = "c3d_encode";
-    const INPUTS: &'static [Port] = &[Port {
-        name: "clips",
-        kind: DataKind::Clips,
-    }];
+    const INPUTS: &'static [Port] = &[Port { name: "clips", kind: DataKind::Clips }];
     const OUTPUT: Option<DataKind> = Some(DataKind::Features);
 
     fn resolve_paths(&mut self, paths: &PathResolver<'_>) {
@@ -305,19 +277,13 @@ pub struct Hdf5WriterOptions {
 
 impl Default for Hdf5WriterOptions {
     fn default() -> Self {
-        Hdf5WriterOptions {
-            path: PathBuf::from("features.h5"),
-            dataset: "c3d_features".to_string(),
-        }
+        Hdf5WriterOptions { path: PathBuf::from("features.h5"), dataset: "c3d_features".to_string() }
     }
 }
 
 impl StageSpec for Hdf5WriterOptions {
     const TYPE: &'static str = "hdf5_writer";
-    const INPUTS: &'static [Port] = &[Port {
-        name: "features",
-        kind: DataKind::Features,
-    }];
+    const INPUTS: &'static [Port] = &[Port { name: "features", kind: DataKind::Features }];
     const OUTPUT: Option<DataKind> = None;
 
     fn resolve_paths(&mut self, paths: &PathResolver<'_>) {
@@ -371,14 +337,10 @@ impl StageSpec for NarrationOptions {
 
     fn validate(&self, checks: &mut Checks) {
         match (&self.dir, &self.file) {
-            (Some(_), Some(_)) => checks.error(
-                "file",
-                "set either `dir` (a folder of subtitle files) or `file` (one file), not both",
-            ),
-            (None, None) => checks.error(
-                "",
-                "needs `dir` (a folder of subtitle files) or `file` (one file)",
-            ),
+            (Some(_), Some(_)) => {
+                checks.error("file", "set either `dir` (a folder of subtitle files) or `file` (one file), not both")
+            }
+            (None, None) => checks.error("", "needs `dir` (a folder of subtitle files) or `file` (one file)"),
             _ => {}
         }
     }
@@ -391,10 +353,7 @@ pub struct ProbeOptions {}
 
 impl StageSpec for ProbeOptions {
     const TYPE: &'static str = "probe";
-    const INPUTS: &'static [Port] = &[Port {
-        name: "videos",
-        kind: DataKind::VideoFiles,
-    }];
+    const INPUTS: &'static [Port] = &[Port { name: "videos", kind: DataKind::VideoFiles }];
     const OUTPUT: Option<DataKind> = Some(DataKind::VideoMeta);
 }
 
@@ -413,26 +372,14 @@ pub struct AlignOptions {
 
 impl Default for AlignOptions {
     fn default() -> Self {
-        AlignOptions {
-            min_seconds: 4.0,
-            max_seconds: 16.0,
-            max_words: 32,
-        }
+        AlignOptions { min_seconds: 4.0, max_seconds: 16.0, max_words: 32 }
     }
 }
 
 impl StageSpec for AlignOptions {
     const TYPE: &'static str = "align";
-    const INPUTS: &'static [Port] = &[
-        Port {
-            name: "narration",
-            kind: DataKind::Narration,
-        },
-        Port {
-            name: "meta",
-            kind: DataKind::VideoMeta,
-        },
-    ];
+    const INPUTS: &'static [Port] =
+        &[Port { name: "narration", kind: DataKind::Narration }, Port { name: "meta", kind: DataKind::VideoMeta }];
     const OUTPUT: Option<DataKind> = Some(DataKind::CaptionClips);
 
     fn validate(&self, checks: &mut Checks) {
@@ -441,10 +388,7 @@ impl StageSpec for AlignOptions {
         if self.max_seconds < self.min_seconds {
             checks.error(
                 "max_seconds",
-                format!(
-                    "must be at least min_seconds ({}), got {}",
-                    self.min_seconds, self.max_seconds
-                ),
+                format!("must be at least min_seconds ({}), got {}", self.min_seconds, self.max_seconds),
             );
         }
         checks.at_least_one("max_words", self.max_words);
@@ -461,25 +405,14 @@ pub struct SegmentsOptions {
 
 impl Default for SegmentsOptions {
     fn default() -> Self {
-        SegmentsOptions {
-            num_segments: 10,
-            frames_per_segment: 16,
-        }
+        SegmentsOptions { num_segments: 10, frames_per_segment: 16 }
     }
 }
 
 impl StageSpec for SegmentsOptions {
     const TYPE: &'static str = "segments";
-    const INPUTS: &'static [Port] = &[
-        Port {
-            name: "frames",
-            kind: DataKind::Frames,
-        },
-        Port {
-            name: "captions",
-            kind: DataKind::CaptionClips,
-        },
-    ];
+    const INPUTS: &'static [Port] =
+        &[Port { name: "frames", kind: DataKind::Frames }, Port { name: "captions", kind: DataKind::CaptionClips }];
     const OUTPUT: Option<DataKind> = Some(DataKind::Samples);
 
     fn validate(&self, checks: &mut Checks) {
@@ -565,10 +498,7 @@ fn yes() -> bool {
 
 impl StageSpec for TrainOptions {
     const TYPE: &'static str = "train";
-    const INPUTS: &'static [Port] = &[Port {
-        name: "samples",
-        kind: DataKind::Samples,
-    }];
+    const INPUTS: &'static [Port] = &[Port { name: "samples", kind: DataKind::Samples }];
     const OUTPUT: Option<DataKind> = Some(DataKind::Losses);
 
     fn resolve_paths(&mut self, paths: &PathResolver<'_>) {
@@ -603,18 +533,13 @@ pub struct CheckpointsOptions {
 
 impl Default for CheckpointsOptions {
     fn default() -> Self {
-        CheckpointsOptions {
-            dir: PathBuf::from("checkpoints"),
-        }
+        CheckpointsOptions { dir: PathBuf::from("checkpoints") }
     }
 }
 
 impl StageSpec for CheckpointsOptions {
     const TYPE: &'static str = "checkpoints";
-    const INPUTS: &'static [Port] = &[Port {
-        name: "losses",
-        kind: DataKind::Losses,
-    }];
+    const INPUTS: &'static [Port] = &[Port { name: "losses", kind: DataKind::Losses }];
     const OUTPUT: Option<DataKind> = None;
 
     fn resolve_paths(&mut self, paths: &PathResolver<'_>) {
@@ -634,19 +559,13 @@ pub struct MetricsOptions {
 
 impl Default for MetricsOptions {
     fn default() -> Self {
-        MetricsOptions {
-            path: PathBuf::from("metrics.jsonl"),
-            plot: PathBuf::from("loss.png"),
-        }
+        MetricsOptions { path: PathBuf::from("metrics.jsonl"), plot: PathBuf::from("loss.png") }
     }
 }
 
 impl StageSpec for MetricsOptions {
     const TYPE: &'static str = "metrics";
-    const INPUTS: &'static [Port] = &[Port {
-        name: "losses",
-        kind: DataKind::Losses,
-    }];
+    const INPUTS: &'static [Port] = &[Port { name: "losses", kind: DataKind::Losses }];
     const OUTPUT: Option<DataKind> = None;
 
     fn resolve_paths(&mut self, paths: &PathResolver<'_>) {
@@ -711,10 +630,7 @@ impl Default for EvaluateOptions {
 
 impl StageSpec for EvaluateOptions {
     const TYPE: &'static str = "evaluate";
-    const INPUTS: &'static [Port] = &[Port {
-        name: "features",
-        kind: DataKind::Features,
-    }];
+    const INPUTS: &'static [Port] = &[Port { name: "features", kind: DataKind::Features }];
     const OUTPUT: Option<DataKind> = None;
 
     fn resolve_paths(&mut self, paths: &PathResolver<'_>) {

@@ -132,12 +132,7 @@ pub(crate) struct Parsed {
 
 impl StageType {
     const fn of<T: StageSpec>() -> StageType {
-        StageType {
-            name: T::TYPE,
-            inputs: T::INPUTS,
-            output: T::OUTPUT,
-            parse: parse_options::<T>,
-        }
+        StageType { name: T::TYPE, inputs: T::INPUTS, output: T::OUTPUT, parse: parse_options::<T> }
     }
 
     /// The registered type called `name`.
@@ -164,10 +159,7 @@ fn parse_options<T: StageSpec>(
 ) -> Option<Parsed> {
     let options: T = deserialize_table(table.clone(), prefix, doc, problems)?;
     let non_default = non_default_keys(&options, &table);
-    Some(Parsed {
-        options: options.into(),
-        non_default,
-    })
+    Some(Parsed { options: options.into(), non_default })
 }
 
 /// The keys of `table` whose value differs from what the type would have

@@ -31,10 +31,7 @@ impl Document {
     pub fn parse(text: &str, file: &Path) -> Result<Document, Vec<Problem>> {
         let (de, errors) = DeTable::parse_recoverable(text);
         let syntax = |e: &toml::de::Error| Problem {
-            location: Location::File {
-                path: file.to_path_buf(),
-                line: e.span().map(|s| line_of(text, s.start)),
-            },
+            location: Location::File { path: file.to_path_buf(), line: e.span().map(|s| line_of(text, s.start)) },
             key: String::new(),
             message: format!("invalid TOML: {}", e.message().trim_end()),
         };
@@ -48,11 +45,7 @@ impl Document {
         let root: toml::Table = toml::from_str(text).map_err(|e| vec![syntax(&e)])?;
         let mut origins = HashMap::new();
         record_origins(de.get_ref(), text, &mut Vec::new(), &mut origins);
-        Ok(Document {
-            file: file.to_path_buf(),
-            root,
-            origins,
-        })
+        Ok(Document { file: file.to_path_buf(), root, origins })
     }
 
     /// The origin of `path` itself, without looking at enclosing tables:
@@ -65,31 +58,18 @@ impl Document {
     /// written, otherwise the nearest enclosing table that was (a missing
     /// key is reported at its table's header).
     pub fn locate(&self, path: &[String]) -> Location {
-        (0..=path.len())
-            .rev()
-            .find_map(|n| self.origins.get(&path[..n]))
-            .map_or_else(
-                || Location::File {
-                    path: self.file.clone(),
-                    line: None,
-                },
-                |origin| match origin {
-                    Origin::Line(line) => Location::File {
-                        path: self.file.clone(),
-                        line: Some(*line),
-                    },
-                    Origin::Set(key) => Location::Set { key: key.clone() },
-                },
-            )
+        (0..=path.len()).rev().find_map(|n| self.origins.get(&path[..n])).map_or_else(
+            || Location::File { path: self.file.clone(), line: None },
+            |origin| match origin {
+                Origin::Line(line) => Location::File { path: self.file.clone(), line: Some(*line) },
+                Origin::Set(key) => Location::Set { key: key.clone() },
+            },
+        )
     }
 
     /// A problem about `path`, located by [`Document::locate`].
     pub fn problem(&self, path: &[String], message: impl Into<String>) -> Problem {
-        Problem {
-            location: self.locate(path),
-            key: dotted(path),
-            message: message.into(),
-        }
+        Problem { location: self.locate(path), key: dotted(path), message: message.into() }
     }
 
     /// Line of the key `path` in the file, if it was written there; used to
@@ -105,21 +85,14 @@ impl Document {
     /// the key and everything below it as coming from `--set`.
     pub fn apply(&mut self, ov: &Override) -> Result<(), Problem> {
         let set_problem = |message: String| Problem {
-            location: Location::Set {
-                key: dotted(&ov.key),
-            },
+            location: Location::Set { key: dotted(&ov.key) },
             key: dotted(&ov.key),
             message,
         };
-        let (last, parents) = ov
-            .key
-            .split_last()
-            .expect("Override::parse rejects empty keys");
+        let (last, parents) = ov.key.split_last().expect("Override::parse rejects empty keys");
         let mut table = &mut self.root;
         for (depth, segment) in parents.iter().enumerate() {
-            let entry = table
-                .entry(segment.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = table.entry(segment.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
             table = match entry {
                 toml::Value::Table(t) => t,
                 other => {
@@ -131,15 +104,11 @@ impl Document {
                 }
             };
             let prefix = ov.key[..=depth].to_vec();
-            self.origins
-                .entry(prefix)
-                .or_insert_with(|| Origin::Set(dotted(&ov.key)));
+            self.origins.entry(prefix).or_insert_with(|| Origin::Set(dotted(&ov.key)));
         }
         table.insert(last.clone(), ov.value.clone());
-        self.origins
-            .retain(|path, _| !(path.len() > ov.key.len() && path.starts_with(&ov.key)));
-        self.origins
-            .insert(ov.key.clone(), Origin::Set(dotted(&ov.key)));
+        self.origins.retain(|path, _| !(path.len() > ov.key.len() && path.starts_with(&ov.key)));
+        self.origins.insert(ov.key.clone(), Origin::Set(dotted(&ov.key)));
         Ok(())
     }
 }
@@ -152,10 +121,7 @@ fn record_origins(
 ) {
     for (key, value) in table.iter() {
         prefix.push(key.get_ref().to_string());
-        origins.insert(
-            prefix.clone(),
-            Origin::Line(line_of(text, key.span().start)),
-        );
+        origins.insert(prefix.clone(), Origin::Line(line_of(text, key.span().start)));
         record_value_origins(value, text, prefix, origins);
         prefix.pop();
     }
@@ -172,10 +138,7 @@ fn record_value_origins(
         DeValue::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 prefix.push(index_segment(i));
-                origins.insert(
-                    prefix.clone(),
-                    Origin::Line(line_of(text, item.span().start)),
-                );
+                origins.insert(prefix.clone(), Origin::Line(line_of(text, item.span().start)));
                 record_value_origins(item, text, prefix, origins);
                 prefix.pop();
             }
@@ -186,11 +149,7 @@ fn record_value_origins(
 
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 /// Path segment for the `i`-th element of an array; never a valid bare key,
@@ -202,9 +161,7 @@ pub(crate) fn index_segment(i: usize) -> String {
 /// Whether `s` is a TOML bare key, which is also what stage names and
 /// `--set` key segments may be.
 pub(crate) fn is_bare_key(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A key path written the way a user would type it in TOML:
@@ -257,17 +214,12 @@ impl Override {
     /// Parses `KEY=VALUE`.
     pub(crate) fn parse(arg: &str) -> Result<Override, Problem> {
         let invalid = |key: &str, message: String| Problem {
-            location: Location::Set {
-                key: key.to_string(),
-            },
+            location: Location::Set { key: key.to_string() },
             key: String::new(),
             message,
         };
         let Some((key, value)) = arg.split_once('=') else {
-            return Err(invalid(
-                arg.trim(),
-                "expected KEY=VALUE, e.g. --set stages.encode.batch_size=64".to_string(),
-            ));
+            return Err(invalid(arg.trim(), "expected KEY=VALUE, e.g. --set stages.encode.batch_size=64".to_string()));
         };
         let key = key.trim();
         let segments: Vec<String> = key.split('.').map(str::to_string).collect();
@@ -280,10 +232,7 @@ impl Override {
                 ),
             ));
         }
-        Ok(Override {
-            key: segments,
-            value: parse_value(value.trim()),
-        })
+        Ok(Override { key: segments, value: parse_value(value.trim()) })
     }
 }
 

@@ -102,23 +102,15 @@ fn problem_at<'a>(problems: &'a [Problem], key: &str) -> &'a Problem {
 
 /// 1-based line of the first line of `text` containing `needle`.
 fn line(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(needle))
-        .unwrap_or_else(|| panic!("`{needle}` not in text"))
-        + 1
+    text.lines().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("`{needle}` not in text")) + 1
 }
 
 fn at_line(n: usize) -> Location {
-    Location::File {
-        path: PathBuf::from(FILE),
-        line: Some(n),
-    }
+    Location::File { path: PathBuf::from(FILE), line: Some(n) }
 }
 
 fn set(key: &str) -> Location {
-    Location::Set {
-        key: key.to_string(),
-    }
+    Location::Set { key: key.to_string() }
 }
 
 /// `text` with `line` inserted after the line containing `after`.
@@ -155,17 +147,11 @@ fn valid_extract_graph() {
     let graph = ok(EXTRACT, &[]);
     let names: Vec<&str> = graph.stages.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["videos", "decode", "clips", "encode", "write"]);
-    assert_eq!(
-        graph.run.output_dir,
-        Path::new("/home/user/work/runs/extract")
-    );
+    assert_eq!(graph.run.output_dir, Path::new("/home/user/work/runs/extract"));
     assert_eq!(graph.run.max_in_flight, 8);
     assert_eq!(graph.run.seed, 0);
     assert_eq!(graph.run.log_every_s, 10.0);
-    assert_eq!(
-        graph.stage("decode").unwrap().options,
-        StageOptions::Decode(DecodeOptions::default())
-    );
+    assert_eq!(graph.stage("decode").unwrap().options, StageOptions::Decode(DecodeOptions::default()));
     assert_eq!(graph.stage("encode").unwrap().inputs, ["clips"]);
     let encode = encode(&graph);
     assert_eq!(encode.batch_size, 4);
@@ -174,10 +160,7 @@ fn valid_extract_graph() {
     assert_eq!(encode.device, Device::Auto);
     assert_eq!(encode.checkpoint, None);
     assert_eq!(graph.stage("write").unwrap().output(), None);
-    assert_eq!(
-        graph.stage("clips").unwrap().output(),
-        Some(DataKind::Clips)
-    );
+    assert_eq!(graph.stage("clips").unwrap().output(), Some(DataKind::Clips));
 }
 
 #[test]
@@ -229,10 +212,7 @@ fn every_stage_type_in_a_pretraining_graph() {
     let StageOptions::Align(align) = &graph.stage("align").unwrap().options else {
         panic!("align options");
     };
-    assert_eq!(
-        (align.min_seconds, align.max_seconds, align.max_words),
-        (4.0, 16.0, 32)
-    );
+    assert_eq!((align.min_seconds, align.max_seconds, align.max_words), (4.0, 16.0, 32));
     // One type per registry entry, and each used here but hdf5-only ones.
     let used: Vec<&str> = graph.stages.iter().map(|s| s.options.type_name()).collect();
     for ty in STAGE_TYPES_IN_PRETRAIN {
@@ -240,17 +220,8 @@ fn every_stage_type_in_a_pretraining_graph() {
     }
 }
 
-const STAGE_TYPES_IN_PRETRAIN: &[&str] = &[
-    "video_files",
-    "narration",
-    "probe",
-    "align",
-    "decode",
-    "segments",
-    "train",
-    "checkpoints",
-    "metrics",
-];
+const STAGE_TYPES_IN_PRETRAIN: &[&str] =
+    &["video_files", "narration", "probe", "align", "decode", "segments", "train", "checkpoints", "metrics"];
 
 #[test]
 fn registry_names_are_unique_and_every_variant_is_registered() {
@@ -262,11 +233,7 @@ fn registry_names_are_unique_and_every_variant_is_registered() {
     for name in &names {
         assert_eq!(StageType::lookup(name).unwrap().name, *name);
     }
-    let sinks: Vec<&str> = registry::STAGE_TYPES
-        .iter()
-        .filter(|t| t.is_sink())
-        .map(|t| t.name)
-        .collect();
+    let sinks: Vec<&str> = registry::STAGE_TYPES.iter().filter(|t| t.is_sink()).map(|t| t.name).collect();
     assert_eq!(sinks, ["hdf5_writer", "checkpoints", "metrics", "evaluate"]);
 }
 
@@ -276,11 +243,7 @@ fn toml_syntax_error_has_a_line() {
     let problems = errors_of(&text, &[]);
     assert_eq!(problems.len(), 1, "{problems:#?}");
     assert_eq!(problems[0].location, at_line(line(&text, "queue = = 3")));
-    assert!(
-        problems[0].message.starts_with("invalid TOML"),
-        "{}",
-        problems[0].message
-    );
+    assert!(problems[0].message.starts_with("invalid TOML"), "{}", problems[0].message);
 }
 
 #[test]
@@ -305,9 +268,7 @@ fn unknown_keys_in_run_and_at_top_level() {
     let problems = errors_of(&text, &[]);
     let run = problem_at(&problems, "run.workers");
     assert_eq!(run.location, at_line(line(&text, "workers = 4")));
-    assert!(run
-        .message
-        .contains("output_dir, seed, max_in_flight, log_every_s"));
+    assert!(run.message.contains("output_dir, seed, max_in_flight, log_every_s"));
     let top = problem_at(&problems, "extra");
     assert_eq!(top.location, at_line(line(&text, "[extra]")));
     assert!(top.message.contains("expected one of: run, stages"));
@@ -326,11 +287,7 @@ fn wrong_type_names_the_key_and_what_was_expected() {
 
 #[test]
 fn wrong_types_in_arrays_and_enums() {
-    let text = replace(
-        PRETRAIN,
-        "milestones = [5, 8]",
-        "milestones = [5, \"eight\"]",
-    );
+    let text = replace(PRETRAIN, "milestones = [5, 8]", "milestones = [5, \"eight\"]");
     let problems = errors_of(&text, &[]);
     let p = problem_at(&problems, "stages.train.milestones[1]");
     assert_eq!(p.location, at_line(line(&text, "milestones")));
@@ -343,12 +300,9 @@ fn wrong_types_in_arrays_and_enums() {
 
 #[test]
 fn device_must_be_auto_cpu_cuda_or_cuda_n() {
-    for (device, expected) in [
-        ("auto", Device::Auto),
-        ("cpu", Device::Cpu),
-        ("cuda", Device::Cuda(None)),
-        ("cuda:1", Device::Cuda(Some(1))),
-    ] {
+    for (device, expected) in
+        [("auto", Device::Auto), ("cpu", Device::Cpu), ("cuda", Device::Cuda(None)), ("cuda:1", Device::Cuda(Some(1)))]
+    {
         let text = with_line(EXTRACT, "batch_size = 4", &format!("device = \"{device}\""));
         assert_eq!(encode(&ok(&text, &[])).device, expected);
         assert_eq!(expected.to_string(), device);
@@ -357,11 +311,7 @@ fn device_must_be_auto_cpu_cuda_or_cuda_n() {
         let text = with_line(EXTRACT, "batch_size = 4", &format!("device = \"{bad}\""));
         let problems = errors_of(&text, &[]);
         let p = problem_at(&problems, "stages.encode.device");
-        assert!(
-            p.message.contains("auto, cpu, cuda or cuda:N"),
-            "{}",
-            p.message
-        );
+        assert!(p.message.contains("auto, cpu, cuda or cuda:N"), "{}", p.message);
     }
 }
 
@@ -390,18 +340,12 @@ fn missing_or_unknown_stage_type_lists_the_known_types() {
         "{}",
         p.message
     );
-    assert!(
-        p.message.ends_with("(did you mean `dense_clips`?)"),
-        "{}",
-        p.message
-    );
+    assert!(p.message.ends_with("(did you mean `dense_clips`?)"), "{}", p.message);
 
     let text = replace(EXTRACT, "type = \"dense_clips\"\n", "");
     let problems = errors_of(&text, &[]);
     let p = problem_at(&problems, "stages.clips.type");
-    assert!(p
-        .message
-        .contains("missing required key; expected one of: video_files"));
+    assert!(p.message.contains("missing required key; expected one of: video_files"));
     assert_eq!(p.location, at_line(line(&text, "[stages.clips]")));
 }
 
@@ -422,25 +366,15 @@ fn input_naming_a_missing_stage() {
 
 #[test]
 fn wrong_number_of_inputs() {
-    let text = replace(
-        PRETRAIN,
-        "inputs = [\"narration\", \"probe\"]",
-        "inputs = [\"probe\"]",
-    );
+    let text = replace(PRETRAIN, "inputs = [\"narration\", \"probe\"]", "inputs = [\"probe\"]");
     let problems = errors_of(&text, &[]);
     let p = problem_at(&problems, "stages.align.inputs");
-    assert_eq!(
-        p.message,
-        "`align` takes 2 inputs: narration (Narration), meta (VideoMeta); got 1"
-    );
+    assert_eq!(p.message, "`align` takes 2 inputs: narration (Narration), meta (VideoMeta); got 1");
 
     let text = replace(EXTRACT, "inputs = [\"decode\"]\n", "");
     let problems = errors_of(&text, &[]);
     let p = problem_at(&problems, "stages.clips.inputs");
-    assert_eq!(
-        p.message,
-        "missing; `dense_clips` takes 1 input: frames (Frames)"
-    );
+    assert_eq!(p.message, "missing; `dense_clips` takes 1 input: frames (Frames)");
     assert_eq!(p.location, at_line(line(&text, "[stages.clips]")));
 }
 
@@ -452,19 +386,12 @@ fn incompatible_edge_names_both_kinds_and_the_stage() {
     assert_eq!(problems[0].key, "stages.write.inputs");
     let write = line(&text, "[stages.write]");
     assert_eq!(problems[0].location, at_line(write + 2));
-    assert_eq!(
-        problems[0].message,
-        "`hdf5_writer` expects Features, got Frames from stage `decode`"
-    );
+    assert_eq!(problems[0].message, "`hdf5_writer` expects Features, got Frames from stage `decode`");
 }
 
 #[test]
 fn inputs_in_the_wrong_order_get_a_hint() {
-    let text = replace(
-        PRETRAIN,
-        "[\"narration\", \"probe\"]",
-        "[\"probe\", \"narration\"]",
-    );
+    let text = replace(PRETRAIN, "[\"narration\", \"probe\"]", "[\"probe\", \"narration\"]");
     let problems = errors_of(&text, &[]);
     assert_eq!(problems.len(), 2, "{problems:#?}");
     assert_eq!(
@@ -479,38 +406,22 @@ fn a_sink_cannot_feed_a_stage() {
     let text = format!("{EXTRACT}\n[stages.more]\ntype = \"hdf5_writer\"\ninputs = [\"write\"]\n");
     let problems = errors_of(&text, &[]);
     let p = problem_at(&problems, "stages.more.inputs");
-    assert!(p
-        .message
-        .contains("stage `write` is a sink (hdf5_writer) and has no output"));
+    assert!(p.message.contains("stage `write` is a sink (hdf5_writer) and has no output"));
 }
 
 #[test]
 fn cycles_are_named() {
     let text = replace(EXTRACT, "inputs = [\"videos\"]", "inputs = [\"encode\"]");
     let problems = errors_of(&text, &[]);
-    let cycle: Vec<_> = problems
-        .iter()
-        .filter(|p| p.message.contains("cycle"))
-        .collect();
+    let cycle: Vec<_> = problems.iter().filter(|p| p.message.contains("cycle")).collect();
     assert_eq!(cycle.len(), 1, "{problems:#?}");
     assert_eq!(cycle[0].key, "stages.decode.inputs");
-    assert_eq!(
-        cycle[0].message,
-        "stages form a cycle: decode -> clips -> encode -> decode"
-    );
-    assert_eq!(
-        cycle[0].location,
-        at_line(line(&text, "inputs = [\"encode\"]"))
-    );
+    assert_eq!(cycle[0].message, "stages form a cycle: decode -> clips -> encode -> decode");
+    assert_eq!(cycle[0].location, at_line(line(&text, "inputs = [\"encode\"]")));
 
     let text = replace(EXTRACT, "inputs = [\"decode\"]", "inputs = [\"clips\"]");
     let problems = errors_of(&text, &[]);
-    assert!(
-        problems
-            .iter()
-            .any(|p| p.message == "stages form a cycle: clips -> clips"),
-        "{problems:#?}"
-    );
+    assert!(problems.iter().any(|p| p.message == "stages form a cycle: clips -> clips"), "{problems:#?}");
 }
 
 #[test]
@@ -546,10 +457,7 @@ fn missing_run_and_stages() {
 fn option_ranges_and_combinations_are_checked() {
     let text = replace(EXTRACT, "batch_size = 4", "batch_size = 0");
     let problems = errors_of(&text, &[]);
-    assert_eq!(
-        problem_at(&problems, "stages.encode.batch_size").message,
-        "must be at least 1"
-    );
+    assert_eq!(problem_at(&problems, "stages.encode.batch_size").message, "must be at least 1");
 
     let text = with_line(PRETRAIN, "format = \"howto100m_json\"", "dir = \"subs\"");
     let problems = errors_of(&text, &[]);
@@ -564,11 +472,7 @@ fn option_ranges_and_combinations_are_checked() {
 
 #[test]
 fn several_problems_are_reported_at_once_in_line_order() {
-    let text = replace(
-        EXTRACT,
-        "batch_size = 4",
-        "batch_size = -4\nlayer = \"fc7\"",
-    );
+    let text = replace(EXTRACT, "batch_size = 4", "batch_size = -4\nlayer = \"fc7\"");
     let text = replace(&text, "type = \"decode\"", "type = \"decoder\"");
     let text = replace(&text, "inputs = [\"encode\"]", "inputs = [\"clips\"]");
     let text = replace(&text, "output_dir = \"../runs/extract\"", "output_dir = 3");
@@ -588,12 +492,7 @@ fn several_problems_are_reported_at_once_in_line_order() {
     let shown = err.to_string();
     assert_eq!(shown.lines().count(), 5, "{shown}");
     let n = line(&text, "layer = \"fc7\"");
-    assert!(
-        shown.contains(&format!(
-            "graphs/test.toml:{n}: stages.encode.layer: unknown variant `fc7`"
-        )),
-        "{shown}"
-    );
+    assert!(shown.contains(&format!("graphs/test.toml:{n}: stages.encode.layer: unknown variant `fc7`")), "{shown}");
 }
 
 #[test]
@@ -635,22 +534,12 @@ fn override_values_parse_as_toml_or_else_as_text() {
     };
     assert_eq!(write.dataset, "2024-05-01");
     assert_eq!(encode(&graph).layer, Layer::Fc6);
-    assert_eq!(
-        encode(&graph).batch_size,
-        8,
-        "the inline table replaced the stage"
-    );
+    assert_eq!(encode(&graph).batch_size, 8, "the inline table replaced the stage");
 }
 
 #[test]
 fn overrides_can_add_stages() {
-    let graph = ok(
-        EXTRACT,
-        &[
-            "stages.probe.type=probe",
-            "stages.probe.inputs=[\"videos\"]",
-        ],
-    );
+    let graph = ok(EXTRACT, &["stages.probe.type=probe", "stages.probe.inputs=[\"videos\"]"]);
     assert_eq!(graph.stage("probe").unwrap().inputs, ["videos"]);
 }
 
@@ -676,10 +565,7 @@ fn override_errors_are_located_at_the_override() {
         "{shown:#?}"
     );
     assert!(
-        shown.contains(
-            &"--set stages.encode.batch_size: invalid type: string \"many\", expected usize"
-                .to_string()
-        ),
+        shown.contains(&"--set stages.encode.batch_size: invalid type: string \"many\", expected usize".to_string()),
         "{shown:#?}"
     );
     let p = problem_at(&problems, "stages.encode.batch_size.x");
@@ -704,10 +590,7 @@ fn relative_paths_in_the_file_are_relative_to_the_file() {
         panic!("video_files options");
     };
     assert_eq!(videos.dir, Path::new("/home/user/work/data/videos"));
-    assert_eq!(
-        encode(&graph).model,
-        Path::new("/home/user/work/configs/c3d-tiny.toml")
-    );
+    assert_eq!(encode(&graph).model, Path::new("/home/user/work/configs/c3d-tiny.toml"));
     let StageOptions::Hdf5Writer(write) = &graph.stage("write").unwrap().options else {
         panic!("hdf5_writer options");
     };
@@ -733,10 +616,7 @@ fn relative_paths_from_overrides_and_defaults_are_relative_to_the_working_direct
         panic!("video_files options");
     };
     assert_eq!(videos.dir, Path::new("/home/user/work/clips/../more"));
-    assert_eq!(
-        encode(&graph).checkpoint.as_deref(),
-        Some(Path::new("/home/user/work/weights.safetensors"))
-    );
+    assert_eq!(encode(&graph).checkpoint.as_deref(), Some(Path::new("/home/user/work/weights.safetensors")));
     let StageOptions::Hdf5Writer(write) = &graph.stage("write").unwrap().options else {
         panic!("hdf5_writer options");
     };
@@ -764,35 +644,19 @@ fn load_reads_the_file_and_resolves_against_its_folder() {
     assert_eq!(encode(&graph).batch_size, 2);
 
     let missing = load(&graphs.join("nope.toml"), &[] as &[&str]).unwrap_err();
-    assert!(
-        missing.to_string().contains("cannot read the graph file"),
-        "{missing}"
-    );
+    assert!(missing.to_string().contains("cannot read the graph file"), "{missing}");
 }
 
 #[test]
 fn describe_lists_stages_edges_kinds_and_non_default_options() {
-    let graph = ok(
-        EXTRACT,
-        &["stages.decode.threads=2", "stages.decode.queue=9"],
-    );
+    let graph = ok(EXTRACT, &["stages.decode.threads=2", "stages.decode.queue=9"]);
     let text = graph.describe();
+    assert!(text.contains("graph graphs/test.toml: 5 stages, 1 sink"), "{text}");
     assert!(
-        text.contains("graph graphs/test.toml: 5 stages, 1 sink"),
+        text.contains("  videos [video_files] -> VideoFiles\n      dir = \"/home/user/work/data/videos\"\n"),
         "{text}"
     );
-    assert!(
-        text.contains(
-            "  videos [video_files] -> VideoFiles\n      dir = \"/home/user/work/data/videos\"\n"
-        ),
-        "{text}"
-    );
-    assert!(
-        text.contains(
-            "  decode [decode] <- videos (VideoFiles) -> Frames\n      queue = 9\n  clips"
-        ),
-        "{text}"
-    );
+    assert!(text.contains("  decode [decode] <- videos (VideoFiles) -> Frames\n      queue = 9\n  clips"), "{text}");
     assert!(
         text.contains(
             "  encode [c3d_encode] <- clips (Clips) -> Features\n      \
@@ -800,10 +664,7 @@ fn describe_lists_stages_edges_kinds_and_non_default_options() {
         ),
         "{text}"
     );
-    assert!(
-        text.contains("  write [hdf5_writer] <- encode (Features) -> sink\n"),
-        "{text}"
-    );
+    assert!(text.contains("  write [hdf5_writer] <- encode (Features) -> sink\n"), "{text}");
 }
 
 #[test]
@@ -815,10 +676,7 @@ fn every_graph_file_in_the_repository_validates() {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     files.sort();
-    assert!(
-        files.iter().any(|f| f.ends_with("extract.toml")),
-        "graphs/extract.toml exists"
-    );
+    assert!(files.iter().any(|f| f.ends_with("extract.toml")), "graphs/extract.toml exists");
     for file in files {
         let graph = load(&file, &[] as &[&str]).unwrap_or_else(|e| panic!("{e}"));
         assert!(!graph.stages.is_empty());

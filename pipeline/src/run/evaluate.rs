@@ -112,7 +112,12 @@ fn retrieval(
     features: &BTreeMap<String, VideoFeatures>,
 ) -> Result<serde_json::Value> {
     let Some(dir) = &opts.narration else { return Ok(serde_json::Value::Null) };
-    let align = AlignConfig { min_seconds: opts.min_seconds, max_seconds: opts.max_seconds, max_words: opts.max_words, ..AlignConfig::default() };
+    let align = AlignConfig {
+        min_seconds: opts.min_seconds,
+        max_seconds: opts.max_seconds,
+        max_words: opts.max_words,
+        ..AlignConfig::default()
+    };
     let mut sentences = Vec::new();
     let mut videos = Vec::new();
     for (id, v) in features {
@@ -241,14 +246,19 @@ fn grounding(
 }
 
 /// Runs both evaluations and writes the results JSON.
-pub fn evaluate(opts: &EvaluateOptions, enc: &EvalModel, features: &BTreeMap<String, VideoFeatures>) -> Result<serde_json::Value> {
+pub fn evaluate(
+    opts: &EvaluateOptions,
+    enc: &EvalModel,
+    features: &BTreeMap<String, VideoFeatures>,
+) -> Result<serde_json::Value> {
     let mut model = LocVtp::new(&enc.model, Device::Cpu, enc.seed);
     if let Some(ck) = &enc.checkpoint {
         locvtp_model::checkpoint::load_weights(&mut model.vs, ck)?;
     }
     let text_dir = match &opts.text_encoder {
         Some(p) => p.clone(),
-        None => locvtp_model::text::default_text_encoder_dir().context("no text encoder: set stages.<evaluate>.text_encoder")?,
+        None => locvtp_model::text::default_text_encoder_dir()
+            .context("no text encoder: set stages.<evaluate>.text_encoder")?,
     };
     let text = TextEncoder::load(&text_dir, Device::Cpu)?;
     let geo = Geometry { clip_frames: enc.clip_frames as f64, stride: enc.stride as f64 };

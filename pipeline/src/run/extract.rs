@@ -3,6 +3,7 @@
 //! at one timestamp each, and a probe at the writer keeps at most
 //! `max_in_flight` videos per worker between the two ends.
 
+use super::evaluate::{EvalModel, VideoFeatures};
 use super::listing::{list_videos, Listing};
 use super::summary::{RunSummary, VideoCounts};
 use super::{Cluster, RunFlags};
@@ -10,7 +11,6 @@ use crate::graph::{Graph, StageOptions};
 use anyhow::{bail, Context, Result};
 use locvtp_media::decode::DecodeOptions as MediaDecodeOptions;
 use locvtp_media::sampling::Tail as MediaTail;
-use super::evaluate::{EvalModel, VideoFeatures};
 use locvtp_operators::clips::{dense_clips, DenseClipConfig};
 use locvtp_operators::collect::{collect_features, CollectedVideo};
 use locvtp_operators::decode::{decode, DecodeConfig};
@@ -93,7 +93,11 @@ fn prepare(
         match &stage.options {
             StageOptions::VideoFiles(o) => {
                 if listing.is_some() {
-                    bail!("{}: stages.{}: one video_files source per extraction graph", graph.file.display(), stage.name);
+                    bail!(
+                        "{}: stages.{}: one video_files source per extraction graph",
+                        graph.file.display(),
+                        stage.name
+                    );
                 }
                 listing = Some(list_videos(o)?);
             }
@@ -169,10 +173,18 @@ fn prepare(
             StageOptions::Evaluate(o) => {
                 let enc_name = &stage.inputs[0];
                 let enc = encoders.get(enc_name).ok_or_else(|| {
-                    anyhow::anyhow!("{}: stages.{}: evaluate must be fed by a c3d_encode stage", graph.file.display(), stage.name)
+                    anyhow::anyhow!(
+                        "{}: stages.{}: evaluate must be fed by a c3d_encode stage",
+                        graph.file.display(),
+                        stage.name
+                    )
                 })?;
                 if enc.layer != Layer::Projection {
-                    bail!("{}: stages.{}: evaluation needs projected features (stages.{enc_name}.layer = \"projection\")", graph.file.display(), stage.name);
+                    bail!(
+                        "{}: stages.{}: evaluation needs projected features (stages.{enc_name}.layer = \"projection\")",
+                        graph.file.display(),
+                        stage.name
+                    );
                 }
                 let clips_name = graph.stage(enc_name).and_then(|s| s.inputs.first()).cloned().unwrap_or_default();
                 let (clip_frames, stride) = clip_geometry.get(&clips_name).copied().unwrap_or((16, 16));
@@ -201,7 +213,11 @@ fn prepare(
     if skipped > 0 {
         tracing::info!("resuming: {skipped} videos finished by an earlier run are kept, {} to do", todo.len());
     }
-    Ok((Plan { graph: graph.clone(), todo, encoders, writers, spools: Mutex::new(spools), evals }, listing.rejected, skipped))
+    Ok((
+        Plan { graph: graph.clone(), todo, encoders, writers, spools: Mutex::new(spools), evals },
+        listing.rejected,
+        skipped,
+    ))
 }
 
 /// Runs an extraction graph to completion.
@@ -372,7 +388,9 @@ pub fn run_extract(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result
             let (opts, model) = &plan.evals[&name];
             let features = videos
                 .into_iter()
-                .map(|(id, v)| (id, VideoFeatures { values: v.values, clips: v.clips, dim: v.dim, fps: v.fps, frames: v.frames }))
+                .map(|(id, v)| {
+                    (id, VideoFeatures { values: v.values, clips: v.clips, dim: v.dim, fps: v.fps, frames: v.frames })
+                })
                 .collect();
             match super::evaluate::evaluate(opts, model, &features) {
                 Ok(result) => {

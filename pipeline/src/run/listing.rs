@@ -18,7 +18,8 @@ pub fn list_videos(opts: &VideoFilesOptions) -> Result<Listing> {
     let wanted: Option<HashSet<String>> = match &opts.list {
         None => None,
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read video list", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("{}: cannot read video list", path.display()))?;
             Some(
                 text.lines()
                     .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
@@ -29,7 +30,8 @@ pub fn list_videos(opts: &VideoFilesOptions) -> Result<Listing> {
     };
     let exts: HashSet<String> = opts.extensions.iter().map(|e| e.to_ascii_lowercase()).collect();
     let mut by_id: BTreeMap<String, Vec<std::path::PathBuf>> = BTreeMap::new();
-    let entries = std::fs::read_dir(&opts.dir).with_context(|| format!("{}: cannot read video folder", opts.dir.display()))?;
+    let entries =
+        std::fs::read_dir(&opts.dir).with_context(|| format!("{}: cannot read video folder", opts.dir.display()))?;
     for entry in entries {
         let path = entry?.path();
         let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
@@ -50,11 +52,7 @@ pub fn list_videos(opts: &VideoFilesOptions) -> Result<Listing> {
             rejected.push(ItemError {
                 video_id: id.clone(),
                 stage: "list".into(),
-                reason: format!(
-                    "duplicate video id: {} is ignored, {} is used",
-                    extra.display(),
-                    paths[0].display()
-                ),
+                reason: format!("duplicate video id: {} is ignored, {} is used", extra.display(), paths[0].display()),
             });
         }
         videos.push(VideoItem { id: Arc::from(id.as_str()), path: paths.swap_remove(0) });

@@ -78,8 +78,12 @@ impl Cluster {
                     std::thread::sleep(std::time::Duration::from_millis(100));
                 }
                 if !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                    let peers: Vec<String> =
-                        addresses.iter().enumerate().filter(|(i, _)| *i != me).map(|(i, a)| format!("process {i} at {a}")).collect();
+                    let peers: Vec<String> = addresses
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != me)
+                        .map(|(i, a)| format!("process {i} at {a}"))
+                        .collect();
                     eprintln!(
                         "error: process {me} could not connect to its peers within {}s: {} (is every process started, with the same -n and hostfile?)",
                         timeout.as_secs(),
@@ -146,7 +150,8 @@ impl ConfigError {
 
 /// Runs `graph`; the summary says what happened, per item.
 pub fn run(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result<summary::RunSummary> {
-    let is_extract = graph.stages.iter().any(|s| matches!(s.options, StageOptions::Hdf5Writer(_) | StageOptions::Evaluate(_)));
+    let is_extract =
+        graph.stages.iter().any(|s| matches!(s.options, StageOptions::Hdf5Writer(_) | StageOptions::Evaluate(_)));
     let is_pretrain = graph.stages.iter().any(|s| matches!(s.options, StageOptions::Train(_)));
     if is_extract {
         extract::run_extract(graph, cluster, flags)

@@ -64,7 +64,10 @@ pub fn plot_losses(metrics: &Path, png: &Path) -> Result<()> {
         let mut builder = ChartBuilder::on(&root);
         builder.margin(16);
         if labels {
-            builder.caption("LocVTP pre-training losses", ("sans-serif", 22)).x_label_area_size(36).y_label_area_size(56);
+            builder
+                .caption("LocVTP pre-training losses", ("sans-serif", 22))
+                .x_label_area_size(36)
+                .y_label_area_size(56);
         }
         let mut chart = builder.build_cartesian_2d(1.0..max_step.max(2.0), (lo * 0.8..hi * 1.25).log_scale())?;
         if labels {
@@ -76,7 +79,9 @@ pub fn plot_losses(metrics: &Path, png: &Path) -> Result<()> {
             }
             let drawn = chart.draw_series(LineSeries::new(pts, colour.stroke_width(2)))?;
             if labels {
-                drawn.label(name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+                drawn
+                    .label(name)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
             }
         }
         if labels {

@@ -25,7 +25,9 @@ use locvtp_model::train::{load_training_checkpoint, save_training_checkpoint, Ad
 use locvtp_model::{parse_device, LocVtp, ModelConfig};
 use locvtp_narration::align::{align_video, AlignConfig};
 use locvtp_narration::{VideoCues, Warning};
-use locvtp_operators::train::{decode_samples, train, Replica, SampleConfig, SampleJob, StepReport, TrainConfig, VideoJob};
+use locvtp_operators::train::{
+    decode_samples, train, Replica, SampleConfig, SampleJob, StepReport, TrainConfig, VideoJob,
+};
 use locvtp_operators::writer::ErrorLog;
 use locvtp_operators::{ItemError, RunStats, VideoItem};
 use rand::seq::SliceRandom;
@@ -106,7 +108,12 @@ fn find_stages(graph: &Graph) -> Result<Stages> {
                 metrics_path = Some(o.path.clone());
                 plot_path = Some(o.plot.clone());
             }
-            other => bail!("{}: stages.{}: type `{}` is not part of the pre-training topology", graph.file.display(), s.name, other.type_name()),
+            other => bail!(
+                "{}: stages.{}: type `{}` is not part of the pre-training topology",
+                graph.file.display(),
+                s.name,
+                other.type_name()
+            ),
         }
     }
     let need = |what: &str| anyhow::anyhow!("{}: a pre-training graph needs a `{what}` stage", graph.file.display());
@@ -126,7 +133,8 @@ fn find_stages(graph: &Graph) -> Result<Stages> {
 /// Reads every narration file; unreadable ones become per-item errors.
 fn read_narration(o: &crate::graph::NarrationOptions, errors: &mut Vec<ItemError>) -> Result<Vec<VideoCues>> {
     let mut out = Vec::new();
-    let mut note = |id: &str, reason: String| errors.push(ItemError { video_id: id.into(), stage: "narration".into(), reason });
+    let mut note =
+        |id: &str, reason: String| errors.push(ItemError { video_id: id.into(), stage: "narration".into(), reason });
     let warn = |w: &Warning| tracing::debug!("narration: {w}");
     if let Some(file) = &o.file {
         let is_json = matches!(o.format, NarrationFormat::Howto100mJson)
@@ -141,7 +149,8 @@ fn read_narration(o: &crate::graph::NarrationOptions, errors: &mut Vec<ItemError
             })
             .with_context(|| format!("{}", file.display()))?;
         } else {
-            let parsed = locvtp_narration::annotation_list::read_file(file).with_context(|| format!("{}", file.display()))?;
+            let parsed =
+                locvtp_narration::annotation_list::read_file(file).with_context(|| format!("{}", file.display()))?;
             let mut by_video: BTreeMap<String, Vec<locvtp_narration::Cue>> = BTreeMap::new();
             for c in parsed.items {
                 by_video.entry(c.video_id.clone()).or_default().push(locvtp_narration::Cue {
@@ -180,7 +189,9 @@ fn read_narration(o: &crate::graph::NarrationOptions, errors: &mut Vec<ItemError
 fn prepare(graph: &Graph, errors: &mut Vec<ItemError>) -> Result<Plan> {
     let stages = find_stages(graph)?;
     let model = ModelConfig::from_toml_file(&stages.train.model).context("stages.train.model")?;
-    if model.num_segments as usize != stages.segments.num_segments || model.frames_per_segment as usize != stages.segments.frames_per_segment {
+    if model.num_segments as usize != stages.segments.num_segments
+        || model.frames_per_segment as usize != stages.segments.frames_per_segment
+    {
         bail!(
             "{}: segments take {}x{} frames but the model ({}) is built for num_segments {} and frames_per_segment {}",
             graph.file.display(),
@@ -197,13 +208,20 @@ fn prepare(graph: &Graph, errors: &mut Vec<ItemError>) -> Result<Plan> {
             anyhow::anyhow!("stages.train.text_encoder is not set and the packaged all-MiniLM-L6-v2 was not found (run scripts/setup.sh)")
         })?,
     };
-    let probe_text = TextEncoder::load(&text_dir, tch::Device::Cpu).with_context(|| format!("stages.train.text_encoder {}", text_dir.display()))?;
+    let probe_text = TextEncoder::load(&text_dir, tch::Device::Cpu)
+        .with_context(|| format!("stages.train.text_encoder {}", text_dir.display()))?;
     if probe_text.hidden_size() != model.text_dim {
-        bail!("the text encoder's hidden size is {} but the model's text_dim is {}", probe_text.hidden_size(), model.text_dim);
+        bail!(
+            "the text encoder's hidden size is {} but the model's text_dim is {}",
+            probe_text.hidden_size(),
+            model.text_dim
+        );
     }
     parse_device(&stages.train.device.to_string())?;
-    std::fs::create_dir_all(&graph.run.output_dir).with_context(|| format!("{}: cannot create the output folder", graph.run.output_dir.display()))?;
-    std::fs::create_dir_all(&stages.checkpoints_dir).with_context(|| format!("{}: cannot create", stages.checkpoints_dir.display()))?;
+    std::fs::create_dir_all(&graph.run.output_dir)
+        .with_context(|| format!("{}: cannot create the output folder", graph.run.output_dir.display()))?;
+    std::fs::create_dir_all(&stages.checkpoints_dir)
+        .with_context(|| format!("{}: cannot create", stages.checkpoints_dir.display()))?;
     let listing = list_videos(&stages.videos)?;
     errors.extend(listing.rejected);
     let cues = read_narration(&stages.narration, errors)?;
@@ -234,7 +252,11 @@ struct TrainClip {
 fn schedule_epoch(clips: &[TrainClip], epoch: u32, batch: usize, peers: usize, seed: u64) -> Vec<(usize, u64, u32)> {
     let mut order: Vec<usize> = (0..clips.len()).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ (u64::from(epoch) + 1).wrapping_mul(0x2545_f491_4f6c_dd1d)));
-    let usable = if order.len() % batch != 0 && order.len() % batch < peers { order.len() - order.len() % batch } else { order.len() };
+    let usable = if order.len() % batch != 0 && order.len() % batch < peers {
+        order.len() - order.len() % batch
+    } else {
+        order.len()
+    };
     order.truncate(usable);
     order.into_iter().enumerate().map(|(i, c)| (c, (i / batch) as u64, (i % batch) as u32)).collect()
 }
@@ -284,10 +306,8 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
             let joined: Rc<RefCell<Vec<(String, MetaKey, String)>>> = Rc::new(RefCell::new(Vec::new()));
             let probed: Rc<RefCell<Vec<Result<String, ItemError>>>> = Rc::new(RefCell::new(Vec::new()));
             worker.dataflow::<u64, _, _>(|scope| {
-                let metas = video_in
-                    .to_stream(scope)
-                    .exchange(|v: &VideoItem| locvtp_operators::shard_of(&v.id))
-                    .map(|v: VideoItem| match locvtp_media::decode::probe(&v.path) {
+                let metas = video_in.to_stream(scope).exchange(|v: &VideoItem| locvtp_operators::shard_of(&v.id)).map(
+                    |v: VideoItem| match locvtp_media::decode::probe(&v.path) {
                         Ok(info) => Ok((
                             v.id.to_string(),
                             MetaKey {
@@ -296,8 +316,13 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
                                 frames: info.declared_frames,
                             },
                         )),
-                        Err(e) => Err(ItemError { video_id: v.id.to_string(), stage: "probe".into(), reason: format!("{e:#}") }),
-                    });
+                        Err(e) => Err(ItemError {
+                            video_id: v.id.to_string(),
+                            stage: "probe".into(),
+                            reason: format!("{e:#}"),
+                        }),
+                    },
+                );
                 let probed_sink = probed.clone();
                 metas
                     .clone()
@@ -305,7 +330,9 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
                     .exchange(|_| 0)
                     .inspect(move |r| probed_sink.borrow_mut().push(r.clone()))
                     .probe_with(&probe_a);
-                let meta_coll = metas.flat_map(|r: Result<(String, MetaKey), ItemError>| r.ok().map(|kv| (kv, 0u64, 1isize))).as_collection();
+                let meta_coll = metas
+                    .flat_map(|r: Result<(String, MetaKey), ItemError>| r.ok().map(|kv| (kv, 0u64, 1isize)))
+                    .as_collection();
                 let cue_coll = cue_in.to_stream(scope).as_collection();
                 let sink = joined.clone();
                 meta_coll
@@ -344,21 +371,34 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
                 let mut with_text = std::collections::HashSet::new();
                 let mut rows = joined.borrow().clone();
                 rows.sort();
-                let video_index: HashMap<&str, usize> = plan.videos.iter().enumerate().map(|(i, v)| (&*v.id, i)).collect();
+                let video_index: HashMap<&str, usize> =
+                    plan.videos.iter().enumerate().map(|(i, v)| (&*v.id, i)).collect();
                 for (id, meta, cues_json) in rows {
                     with_text.insert(id.clone());
                     let cues: Vec<locvtp_narration::Cue> = serde_json::from_str(&cues_json).expect("cues round-trip");
-                    let clamped = align_video(&VideoCues { video_id: id.clone(), cues }, meta.duration_us as f64 / 1e6, &plan.stages.align);
+                    let clamped = align_video(
+                        &VideoCues { video_id: id.clone(), cues },
+                        meta.duration_us as f64 / 1e6,
+                        &plan.stages.align,
+                    );
                     for d in clamped.dropped {
                         errs.push(ItemError {
                             video_id: id.clone(),
                             stage: "align".into(),
-                            reason: format!("caption clip {:.2}-{:.2}s dropped: {:?}", d.clip.start_s, d.clip.end_s, d.reason),
+                            reason: format!(
+                                "caption clip {:.2}-{:.2}s dropped: {:?}",
+                                d.clip.start_s, d.clip.end_s, d.reason
+                            ),
                         });
                     }
                     fps_of.insert(id.clone(), meta.fps_micro as f64 / 1e6);
                     for c in clamped.kept {
-                        clips.push(TrainClip { video: video_index[id.as_str()], start_s: c.start_s, end_s: c.end_s, text: c.text });
+                        clips.push(TrainClip {
+                            video: video_index[id.as_str()],
+                            start_s: c.start_s,
+                            end_s: c.end_s,
+                            text: c.text,
+                        });
                     }
                 }
                 for r in probed.borrow().iter() {
@@ -384,7 +424,8 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
             let mut model = LocVtp::new(&plan.model, device, plan.seed as i64);
             let last = plan.stages.checkpoints_dir.join("last.safetensors");
             let (adam, first_step) = if tr.resume && last.exists() {
-                let (adam, meta) = load_training_checkpoint(&last, &mut model).unwrap_or_else(|e| panic!("resuming from {}: {e:#}", last.display()));
+                let (adam, meta) = load_training_checkpoint(&last, &mut model)
+                    .unwrap_or_else(|e| panic!("resuming from {}: {e:#}", last.display()));
                 if index == 0 {
                     tracing::info!("resuming from {} (epoch {}, step {})", last.display(), meta.epoch, meta.step);
                 }
@@ -401,7 +442,8 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
             );
             let batch = tr.batch_size.max(1);
             let spe = steps_per_epoch(clips.len(), batch, peers).max(1);
-            let schedule = MultiStepLr { lr: tr.lr, milestones: tr.milestones.iter().map(|&m| m as i64).collect(), gamma: 0.1 };
+            let schedule =
+                MultiStepLr { lr: tr.lr, milestones: tr.milestones.iter().map(|&m| m as i64).collect(), gamma: 0.1 };
             let train_cfg = TrainConfig {
                 weights: locvtp_model::loss::LossWeights { tau: tr.tau, splice: tr.w_splice, fg: tr.w_fg },
                 schedule,
@@ -432,15 +474,27 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
                 if let Some(p) = &metrics_path {
                     append_line(p, &line.to_string());
                 }
-                tracing::info!("step {}/{} epoch {} loss {:.4}", r.step + 1, total_steps, r.epoch, r.terms.iter().find(|(k, _)| k == "total").map(|t| t.1).unwrap_or(f64::NAN));
+                tracing::info!(
+                    "step {}/{} epoch {} loss {:.4}",
+                    r.step + 1,
+                    total_steps,
+                    r.epoch,
+                    r.terms.iter().find(|(k, _)| k == "total").map(|t| t.1).unwrap_or(f64::NAN)
+                );
                 let done = r.step + 1;
                 let epoch_end = done % spe == 0;
                 if epoch_end || every.is_some_and(|k| done % k == 0) {
-                    let meta = TrainMeta { epoch: (done / spe) as i64, step: done as i64, seed, extra: BTreeMap::new() };
-                    let named = if epoch_end { format!("epoch-{:03}.safetensors", done / spe) } else { format!("step-{done:06}.safetensors") };
+                    let meta =
+                        TrainMeta { epoch: (done / spe) as i64, step: done as i64, seed, extra: BTreeMap::new() };
+                    let named = if epoch_end {
+                        format!("epoch-{:03}.safetensors", done / spe)
+                    } else {
+                        format!("step-{done:06}.safetensors")
+                    };
                     let path = ckpt_dir.join(named);
-                    let ok = save_training_checkpoint(&path, &rep.model, &rep.adam, &meta)
-                        .and_then(|_| save_training_checkpoint(&ckpt_dir.join("last.safetensors"), &rep.model, &rep.adam, &meta));
+                    let ok = save_training_checkpoint(&path, &rep.model, &rep.adam, &meta).and_then(|_| {
+                        save_training_checkpoint(&ckpt_dir.join("last.safetensors"), &rep.model, &rep.adam, &meta)
+                    });
                     if let Err(e) = ok {
                         outcome_w.lock().unwrap().2 = Some(format!("checkpoint {}: {e:#}", path.display()));
                     }
@@ -523,7 +577,11 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
         log.record(e);
     }
     let (clips, steps, fatal) = outcome.lock().unwrap().clone();
-    let failed_videos: std::collections::HashSet<&str> = errors.iter().filter(|e| e.stage != "align" || e.reason.starts_with("no narration")).map(|e| e.video_id.as_str()).collect();
+    let failed_videos: std::collections::HashSet<&str> = errors
+        .iter()
+        .filter(|e| e.stage != "align" || e.reason.starts_with("no narration"))
+        .map(|e| e.video_id.as_str())
+        .collect();
     let videos = VideoCounts {
         total: plan.videos.len() as u64,
         processed: plan.videos.len() as u64 - failed_videos.len().min(plan.videos.len()) as u64,

@@ -32,11 +32,7 @@ pub struct DecodeOptions {
 
 impl Default for DecodeOptions {
     fn default() -> Self {
-        DecodeOptions {
-            frame_size: 112,
-            codec_threads: 1,
-            chunk_frames: 16,
-        }
+        DecodeOptions { frame_size: 112, codec_threads: 1, chunk_frames: 16 }
     }
 }
 
@@ -121,11 +117,8 @@ fn rational(r: ffmpeg::Rational) -> f64 {
 
 fn display_rotation(stream: &ffmpeg::format::stream::Stream) -> i32 {
     for sd in stream.side_data() {
-        if sd.kind() == ffmpeg::codec::packet::side_data::Type::DisplayMatrix
-            && sd.data().len() >= 36
-        {
-            let angle =
-                unsafe { ffmpeg::ffi::av_display_rotation_get(sd.data().as_ptr() as *const i32) };
+        if sd.kind() == ffmpeg::codec::packet::side_data::Type::DisplayMatrix && sd.data().len() >= 36 {
+            let angle = unsafe { ffmpeg::ffi::av_display_rotation_get(sd.data().as_ptr() as *const i32) };
             if angle.is_finite() {
                 return (angle.round() as i32).rem_euclid(360);
             }
@@ -136,8 +129,7 @@ fn display_rotation(stream: &ffmpeg::format::stream::Stream) -> i32 {
 
 fn open(path: &Path) -> Result<ffmpeg::format::context::Input> {
     init_ffmpeg();
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
     if meta.len() == 0 {
         bail!("{}: empty file (0 bytes)", path.display());
     }
@@ -157,10 +149,7 @@ fn open(path: &Path) -> Result<ffmpeg::format::context::Input> {
 fn looks_like_mp4(path: &Path) -> bool {
     use std::io::Read;
     let mut head = [0u8; 8];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .is_ok()
-        && &head[4..8] == b"ftyp"
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && &head[4..8] == b"ftyp"
 }
 
 /// The stream to decode: FFmpeg's best video stream, unless that is an
@@ -172,27 +161,17 @@ fn video_stream<'a>(
 ) -> Result<ffmpeg::format::stream::Stream<'a>> {
     use ffmpeg::format::stream::Disposition;
     let is_video = |s: &ffmpeg::format::stream::Stream| {
-        s.parameters().medium() == ffmpeg::media::Type::Video
-            && !s.disposition().contains(Disposition::ATTACHED_PIC)
+        s.parameters().medium() == ffmpeg::media::Type::Video && !s.disposition().contains(Disposition::ATTACHED_PIC)
     };
-    if let Some(best) = ictx
-        .streams()
-        .best(ffmpeg::media::Type::Video)
-        .filter(|s| is_video(s))
-    {
+    if let Some(best) = ictx.streams().best(ffmpeg::media::Type::Video).filter(|s| is_video(s)) {
         return Ok(best);
     }
     if let Some(other) = ictx.streams().find(|s| is_video(s)) {
         return Ok(other);
     }
-    let has_picture = ictx
-        .streams()
-        .any(|s| s.parameters().medium() == ffmpeg::media::Type::Video);
+    let has_picture = ictx.streams().any(|s| s.parameters().medium() == ffmpeg::media::Type::Video);
     if has_picture {
-        bail!(
-            "{}: no video stream (only an attached cover picture)",
-            path.display()
-        );
+        bail!("{}: no video stream (only an attached cover picture)", path.display());
     }
     bail!("{}: no video stream", path.display())
 }
@@ -202,21 +181,11 @@ fn info_of(ictx: &ffmpeg::format::context::Input, path: &Path) -> Result<(usize,
     let params = stream.parameters();
     let ctx = ffmpeg::codec::context::Context::from_parameters(params)
         .map_err(|e| anyhow!("{}: unusable video stream: {e}", path.display()))?;
-    let dec = ctx
-        .decoder()
-        .video()
-        .map_err(|e| anyhow!("{}: no decoder for the video stream: {e}", path.display()))?;
+    let dec = ctx.decoder().video().map_err(|e| anyhow!("{}: no decoder for the video stream: {e}", path.display()))?;
     let tb = rational(stream.time_base());
-    let stream_duration = if stream.duration() > 0 {
-        stream.duration() as f64 * tb
-    } else {
-        0.0
-    };
-    let container_duration = if ictx.duration() > 0 {
-        ictx.duration() as f64 / f64::from(ffmpeg::ffi::AV_TIME_BASE)
-    } else {
-        0.0
-    };
+    let stream_duration = if stream.duration() > 0 { stream.duration() as f64 * tb } else { 0.0 };
+    let container_duration =
+        if ictx.duration() > 0 { ictx.duration() as f64 / f64::from(ffmpeg::ffi::AV_TIME_BASE) } else { 0.0 };
     let mut fps = rational(stream.avg_frame_rate());
     if fps <= 0.0 {
         fps = rational(stream.rate());
@@ -225,16 +194,9 @@ fn info_of(ictx: &ffmpeg::format::context::Input, path: &Path) -> Result<(usize,
         width: dec.width(),
         height: dec.height(),
         fps,
-        duration_s: if stream_duration > 0.0 {
-            stream_duration
-        } else {
-            container_duration
-        },
+        duration_s: if stream_duration > 0.0 { stream_duration } else { container_duration },
         declared_frames: stream.frames().max(0) as u64,
-        codec: dec
-            .codec()
-            .map(|c| c.name().to_string())
-            .unwrap_or_default(),
+        codec: dec.codec().map(|c| c.name().to_string()).unwrap_or_default(),
         rotation: display_rotation(&stream),
     };
     if info.width == 0 || info.height == 0 {
@@ -263,11 +225,7 @@ pub fn probe(path: &Path) -> Result<VideoInfo> {
 /// upright copy.
 fn filter_spec(width: u32, height: u32, rotation: i32, size: u32) -> String {
     let side = width.min(height);
-    let crop = if width == height {
-        String::new()
-    } else {
-        format!("crop={side}:{side},")
-    };
+    let crop = if width == height { String::new() } else { format!("crop={side}:{side},") };
     let rot = match rotation {
         90 => "transpose=cclock,",
         270 => "transpose=clock,",
@@ -284,12 +242,7 @@ struct Shaper {
 }
 
 impl Shaper {
-    fn new(
-        frame: &VideoFrame,
-        time_base: ffmpeg::Rational,
-        rotation: i32,
-        size: u32,
-    ) -> Result<Shaper> {
+    fn new(frame: &VideoFrame, time_base: ffmpeg::Rational, rotation: i32, size: u32) -> Result<Shaper> {
         let mut graph = ffmpeg::filter::Graph::new();
         // libavfilter would otherwise give swscale one slice thread per core
         // for every video: on a size x size output the hand-offs cost more
@@ -307,31 +260,17 @@ impl Shaper {
             time_base.numerator(),
             time_base.denominator().max(1)
         );
-        let buffer = ffmpeg::filter::find("buffer")
-            .ok_or_else(|| anyhow!("FFmpeg lacks the buffer filter"))?;
-        let sink = ffmpeg::filter::find("buffersink")
-            .ok_or_else(|| anyhow!("FFmpeg lacks the buffersink filter"))?;
+        let buffer = ffmpeg::filter::find("buffer").ok_or_else(|| anyhow!("FFmpeg lacks the buffer filter"))?;
+        let sink = ffmpeg::filter::find("buffersink").ok_or_else(|| anyhow!("FFmpeg lacks the buffersink filter"))?;
         graph.add(&buffer, "in", &args)?;
         graph.add(&sink, "out", "")?;
-        graph
-            .get("out")
-            .expect("sink just added")
-            .set_pixel_format(Pixel::RGB24);
+        graph.get("out").expect("sink just added").set_pixel_format(Pixel::RGB24);
         let spec = filter_spec(frame.width(), frame.height(), rotation, size);
         graph.output("in", 0)?.input("out", 0)?.parse(&spec)?;
         graph.validate().with_context(|| {
-            format!(
-                "cannot convert {}x{} {:?} frames ({spec})",
-                frame.width(),
-                frame.height(),
-                frame.format()
-            )
+            format!("cannot convert {}x{} {:?} frames ({spec})", frame.width(), frame.height(), frame.format())
         })?;
-        Ok(Shaper {
-            graph,
-            key: (frame.width(), frame.height(), frame.format()),
-            time_base: rational(time_base),
-        })
+        Ok(Shaper { graph, key: (frame.width(), frame.height(), frame.format()), time_base: rational(time_base) })
     }
 }
 
@@ -351,9 +290,7 @@ impl<F: FnMut(FrameChunk) -> ControlFlow<()>> ChunkSink<'_, F> {
         let stride = rgb.stride(0);
         let data = rgb.data(0);
         for y in 0..self.size as usize {
-            self.pending
-                .pixels
-                .extend_from_slice(&data[y * stride..y * stride + row]);
+            self.pending.pixels.extend_from_slice(&data[y * stride..y * stride + row]);
         }
         self.pending.times_s.push(time_s);
         self.next_index += 1;
@@ -398,13 +335,10 @@ where
             count: opts.codec_threads,
             ..Default::default()
         });
-        let decoder = ctx.decoder().video().map_err(|e| {
-            anyhow!(
-                "{}: cannot open the {} decoder: {e}",
-                path.display(),
-                info.codec
-            )
-        })?;
+        let decoder = ctx
+            .decoder()
+            .video()
+            .map_err(|e| anyhow!("{}: cannot open the {} decoder: {e}", path.display(), info.codec))?;
         (stream.time_base(), decoder)
     };
     let size = opts.frame_size;
@@ -412,12 +346,7 @@ where
         size,
         chunk_frames: opts.chunk_frames.max(1),
         next_index: 0,
-        pending: FrameChunk {
-            first_index: 0,
-            frame_size: size,
-            pixels: Vec::new(),
-            times_s: Vec::new(),
-        },
+        pending: FrameChunk { first_index: 0, frame_size: size, pixels: Vec::new(), times_s: Vec::new() },
         on_chunk: &mut on_chunk,
         stopped: false,
     };
@@ -428,11 +357,7 @@ where
     let mut last_time = f64::NEG_INFINITY;
     // Frames without any timestamp (raw elementary streams, some damaged
     // files) are placed one declared frame interval after the previous one.
-    let frame_step = if info.fps.is_finite() && info.fps > 0.0 {
-        1.0 / info.fps
-    } else {
-        1.0 / FALLBACK_FPS
-    };
+    let frame_step = if info.fps.is_finite() && info.fps > 0.0 { 1.0 / info.fps } else { 1.0 / FALLBACK_FPS };
 
     let mut drain = |decoder: &mut ffmpeg::decoder::Video,
                      shaper: &mut Option<Shaper>,
@@ -463,14 +388,7 @@ where
                 // `rgb` would leak every shaped frame. A fresh frame drops
                 // (and unreferences) the previous one.
                 rgb = VideoFrame::empty();
-                if sh
-                    .graph
-                    .get("out")
-                    .expect("sink")
-                    .sink()
-                    .frame(&mut rgb)
-                    .is_err()
-                {
+                if sh.graph.get("out").expect("sink").sink().frame(&mut rgb).is_err() {
                     break;
                 }
                 let t = match rgb.pts() {
@@ -515,8 +433,7 @@ where
             continue;
         }
         let mut sent = decoder.send_packet(&packet);
-        if matches!(sent, Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::util::error::EAGAIN)
-        {
+        if matches!(sent, Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::util::error::EAGAIN) {
             // The decoder's output is full: take its frames, then resend.
             drain(&mut decoder, &mut shaper, &mut sink)?;
             sent = decoder.send_packet(&packet);
@@ -537,18 +454,9 @@ where
         sink.flush();
     }
     if sink.next_index == 0 {
-        bail!(
-            "{}: no decodable video frame ({} damaged packets)",
-            path.display(),
-            corrupt_packets
-        );
+        bail!("{}: no decodable video frame ({} damaged packets)", path.display(), corrupt_packets);
     }
-    Ok(DecodeSummary {
-        info,
-        frames: sink.next_index,
-        corrupt_packets,
-        stopped: sink.stopped,
-    })
+    Ok(DecodeSummary { info, frames: sink.next_index, corrupt_packets, stopped: sink.stopped })
 }
 
 #[cfg(test)]
@@ -557,30 +465,12 @@ mod tests {
 
     #[test]
     fn filter_keeps_aspect_and_crops_square() {
-        assert_eq!(
-            filter_spec(1280, 720, 0, 112),
-            "crop=720:720,scale=112:112:flags=bilinear"
-        );
-        assert_eq!(
-            filter_spec(240, 320, 0, 112),
-            "crop=240:240,scale=112:112:flags=bilinear"
-        );
-        assert_eq!(
-            filter_spec(1280, 720, 90, 112),
-            "crop=720:720,transpose=cclock,scale=112:112:flags=bilinear"
-        );
-        assert_eq!(
-            filter_spec(97, 55, 270, 112),
-            "crop=55:55,transpose=clock,scale=112:112:flags=bilinear"
-        );
-        assert_eq!(
-            filter_spec(97, 55, 180, 112),
-            "crop=55:55,hflip,vflip,scale=112:112:flags=bilinear"
-        );
-        assert_eq!(
-            filter_spec(100, 100, 0, 112),
-            "scale=112:112:flags=bilinear"
-        );
+        assert_eq!(filter_spec(1280, 720, 0, 112), "crop=720:720,scale=112:112:flags=bilinear");
+        assert_eq!(filter_spec(240, 320, 0, 112), "crop=240:240,scale=112:112:flags=bilinear");
+        assert_eq!(filter_spec(1280, 720, 90, 112), "crop=720:720,transpose=cclock,scale=112:112:flags=bilinear");
+        assert_eq!(filter_spec(97, 55, 270, 112), "crop=55:55,transpose=clock,scale=112:112:flags=bilinear");
+        assert_eq!(filter_spec(97, 55, 180, 112), "crop=55:55,hflip,vflip,scale=112:112:flags=bilinear");
+        assert_eq!(filter_spec(100, 100, 0, 112), "scale=112:112:flags=bilinear");
     }
 
     #[test]
@@ -589,23 +479,11 @@ mod tests {
         let empty = dir.path().join("empty.mp4");
         std::fs::write(&empty, b"").unwrap();
         let err = probe(&empty).unwrap_err().to_string();
-        assert!(
-            err.contains("empty.mp4") && err.contains("0 bytes"),
-            "{err}"
-        );
+        assert!(err.contains("empty.mp4") && err.contains("0 bytes"), "{err}");
         let junk = dir.path().join("junk.mp4");
-        std::fs::write(
-            &junk,
-            (0..4096u32)
-                .map(|i| (i * 7919 % 251) as u8)
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
-        let err = decode_video(&junk, &DecodeOptions::default(), |_| {
-            ControlFlow::Continue(())
-        })
-        .unwrap_err()
-        .to_string();
+        std::fs::write(&junk, (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<_>>()).unwrap();
+        let err =
+            decode_video(&junk, &DecodeOptions::default(), |_| ControlFlow::Continue(())).unwrap_err().to_string();
         assert!(err.contains("junk.mp4"), "{err}");
     }
 }

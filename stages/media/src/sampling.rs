@@ -51,10 +51,7 @@ pub struct DenseClip {
 
 impl DenseClipper {
     pub fn new(clip_frames: usize, stride: usize, tail: Tail, frame_bytes: usize) -> Self {
-        assert!(
-            clip_frames > 0 && stride > 0,
-            "clip_frames and stride must be positive"
-        );
+        assert!(clip_frames > 0 && stride > 0, "clip_frames and stride must be positive");
         DenseClipper {
             clip_frames,
             stride,
@@ -126,23 +123,14 @@ impl DenseClipper {
         let mut padded = 0;
         for i in 0..self.clip_frames as u64 {
             let want = start + i;
-            let have = if want < self.seen {
-                want
-            } else {
-                self.seen - 1
-            };
+            let have = if want < self.seen { want } else { self.seen - 1 };
             if want >= self.seen {
                 padded += 1;
             }
             let offset = (have.max(self.buffer_start) - self.buffer_start) as usize;
             pixels.extend_from_slice(&self.buffer[offset.min(self.buffer.len() - 1)]);
         }
-        DenseClip {
-            index: k,
-            first_frame: start,
-            padded_frames: padded,
-            pixels,
-        }
+        DenseClip { index: k, first_frame: start, padded_frames: padded, pixels }
     }
 }
 
@@ -151,13 +139,9 @@ impl DenseClipper {
 pub fn segment_offsets(num_frames: i64, t: usize, f: usize, rng: &mut impl Rng) -> Vec<i64> {
     let seg = (num_frames - f as i64 + 1).div_euclid(t as i64);
     if seg > 0 {
-        (0..t as i64)
-            .map(|i| i * seg + rng.random_range(0..seg))
-            .collect()
+        (0..t as i64).map(|i| i * seg + rng.random_range(0..seg)).collect()
     } else {
-        let mut v: Vec<i64> = (0..t)
-            .map(|_| rng.random_range(0..num_frames.max(1)))
-            .collect();
+        let mut v: Vec<i64> = (0..t).map(|_| rng.random_range(0..num_frames.max(1))).collect();
         v.sort_unstable();
         v
     }
@@ -166,13 +150,7 @@ pub fn segment_offsets(num_frames: i64, t: usize, f: usize, rng: &mut impl Rng) 
 /// Absolute frame indices of a training sample: `t * f` frames, segment `i`
 /// being `f` consecutive frames from `start_frame + offset[i]`, clamped to
 /// `end_frame`.
-pub fn segment_frame_indices(
-    start_frame: i64,
-    end_frame: i64,
-    t: usize,
-    f: usize,
-    rng: &mut impl Rng,
-) -> Vec<i64> {
+pub fn segment_frame_indices(start_frame: i64, end_frame: i64, t: usize, f: usize, rng: &mut impl Rng) -> Vec<i64> {
     let num_frames = end_frame - start_frame + 1;
     let offsets = segment_offsets(num_frames, t, f, rng);
     let mut idx = Vec::with_capacity(t * f);
@@ -234,10 +212,7 @@ mod tests {
         assert_eq!(first_bytes(&clips[1]), vec![2, 3, 4, 5]);
         assert_eq!(first_bytes(&clips[3]), vec![6, 6, 6, 6]);
         let gapped = run(11, 2, 5, Tail::Pad);
-        assert_eq!(
-            gapped.iter().map(first_bytes).collect::<Vec<_>>(),
-            vec![vec![0, 1], vec![5, 6], vec![10, 10]]
-        );
+        assert_eq!(gapped.iter().map(first_bytes).collect::<Vec<_>>(), vec![vec![0, 1], vec![5, 6], vec![10, 10]]);
     }
 
     #[test]

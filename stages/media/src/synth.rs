@@ -40,13 +40,7 @@ pub enum Shape {
 }
 
 impl Shape {
-    pub const ALL: [Shape; 5] = [
-        Shape::Square,
-        Shape::Circle,
-        Shape::Triangle,
-        Shape::Diamond,
-        Shape::Cross,
-    ];
+    pub const ALL: [Shape; 5] = [Shape::Square, Shape::Circle, Shape::Triangle, Shape::Diamond, Shape::Cross];
 
     /// The word used in narration and in the manifest.
     pub fn name(self) -> &'static str {
@@ -90,14 +84,8 @@ pub enum Colour {
 }
 
 impl Colour {
-    pub const ALL: [Colour; 6] = [
-        Colour::Red,
-        Colour::Green,
-        Colour::Blue,
-        Colour::Yellow,
-        Colour::Purple,
-        Colour::White,
-    ];
+    pub const ALL: [Colour; 6] =
+        [Colour::Red, Colour::Green, Colour::Blue, Colour::Yellow, Colour::Purple, Colour::White];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -137,15 +125,8 @@ pub enum Motion {
 }
 
 impl Motion {
-    pub const ALL: [Motion; 7] = [
-        Motion::Left,
-        Motion::Right,
-        Motion::Up,
-        Motion::Down,
-        Motion::Grow,
-        Motion::Shrink,
-        Motion::Still,
-    ];
+    pub const ALL: [Motion; 7] =
+        [Motion::Left, Motion::Right, Motion::Up, Motion::Down, Motion::Grow, Motion::Shrink, Motion::Still];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -198,12 +179,7 @@ pub enum Background {
 }
 
 impl Background {
-    pub const ALL: [Background; 4] = [
-        Background::Black,
-        Background::Grey,
-        Background::Navy,
-        Background::Brown,
-    ];
+    pub const ALL: [Background; 4] = [Background::Black, Background::Grey, Background::Navy, Background::Brown];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -273,36 +249,12 @@ impl Scene {
         let (y_lo, y_hi) = (r * 1.1, h - r * 1.1);
         let (cx, cy) = (w * 0.5, h * 0.5);
         match self.motion {
-            Motion::Left => Placement {
-                cx: lerp(x_hi, x_lo),
-                cy,
-                r,
-            },
-            Motion::Right => Placement {
-                cx: lerp(x_lo, x_hi),
-                cy,
-                r,
-            },
-            Motion::Up => Placement {
-                cx,
-                cy: lerp(y_hi, y_lo),
-                r,
-            },
-            Motion::Down => Placement {
-                cx,
-                cy: lerp(y_lo, y_hi),
-                r,
-            },
-            Motion::Grow => Placement {
-                cx,
-                cy,
-                r: lerp(m * 0.06, m * 0.32),
-            },
-            Motion::Shrink => Placement {
-                cx,
-                cy,
-                r: lerp(m * 0.32, m * 0.06),
-            },
+            Motion::Left => Placement { cx: lerp(x_hi, x_lo), cy, r },
+            Motion::Right => Placement { cx: lerp(x_lo, x_hi), cy, r },
+            Motion::Up => Placement { cx, cy: lerp(y_hi, y_lo), r },
+            Motion::Down => Placement { cx, cy: lerp(y_lo, y_hi), r },
+            Motion::Grow => Placement { cx, cy, r: lerp(m * 0.06, m * 0.32) },
+            Motion::Shrink => Placement { cx, cy, r: lerp(m * 0.32, m * 0.06) },
             Motion::Still => Placement { cx, cy, r },
         }
     }
@@ -355,20 +307,11 @@ impl SynthSpec {
     /// A spec lasting `seconds` (rounded to whole frames).
     pub fn new(width: u32, height: u32, fps: (i32, i32), seconds: f64, scenes: Vec<Scene>) -> Self {
         let num_frames = if fps.1 > 0 && seconds.is_finite() && seconds > 0.0 {
-            (seconds * f64::from(fps.0) / f64::from(fps.1))
-                .round()
-                .max(0.0) as u64
+            (seconds * f64::from(fps.0) / f64::from(fps.1)).round().max(0.0) as u64
         } else {
             0
         };
-        SynthSpec {
-            width,
-            height,
-            fps,
-            num_frames,
-            scenes,
-            codec: VideoCodec::default(),
-        }
+        SynthSpec { width, height, fps, num_frames, scenes, codec: VideoCodec::default() }
     }
 
     pub fn fps_f64(&self) -> f64 {
@@ -386,48 +329,24 @@ impl SynthSpec {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        ensure!(
-            self.width >= 2 && self.height >= 2,
-            "frame size {}x{} is too small",
-            self.width,
-            self.height
-        );
+        ensure!(self.width >= 2 && self.height >= 2, "frame size {}x{} is too small", self.width, self.height);
         ensure!(
             self.width.is_multiple_of(2) && self.height.is_multiple_of(2),
             "frame size {}x{} must have even width and height for YUV 4:2:0 H.264/MPEG-4",
             self.width,
             self.height
         );
-        ensure!(
-            self.width <= 8192 && self.height <= 8192,
-            "frame size {}x{} is too large",
-            self.width,
-            self.height
-        );
-        ensure!(
-            self.fps.0 > 0 && self.fps.1 > 0,
-            "frame rate {}/{} must be positive",
-            self.fps.0,
-            self.fps.1
-        );
+        ensure!(self.width <= 8192 && self.height <= 8192, "frame size {}x{} is too large", self.width, self.height);
+        ensure!(self.fps.0 > 0 && self.fps.1 > 0, "frame rate {}/{} must be positive", self.fps.0, self.fps.1);
         // MPEG-4 part 2 stores the time base denominator in 16 bits.
-        ensure!(
-            self.fps.0 <= 65535,
-            "frame rate numerator {} is larger than 65535",
-            self.fps.0
-        );
+        ensure!(self.fps.0 <= 65535, "frame rate numerator {} is larger than 65535", self.fps.0);
         ensure!(self.num_frames > 0, "a video needs at least one frame");
         for (i, s) in self.scenes.iter().enumerate() {
             ensure!(
                 s.start_s.is_finite() && s.end_s.is_finite() && s.start_s >= 0.0,
                 "scene {i}: times must be finite and non-negative"
             );
-            ensure!(
-                s.end_s > s.start_s,
-                "scene {i}: end {} is not after start {}",
-                s.end_s,
-                s.start_s
-            );
+            ensure!(s.end_s > s.start_s, "scene {i}: end {} is not after start {}", s.end_s, s.start_s);
         }
         Ok(())
     }
@@ -506,25 +425,19 @@ fn partial_path(path: &Path) -> PathBuf {
 
 fn encode_to(spec: &SynthSpec, path: &Path) -> anyhow::Result<u64> {
     crate::decode::init_ffmpeg();
-    let encoder_name = spec
-        .codec
-        .encoder_name()
-        .context("FFmpeg has neither libx264 nor the mpeg4 encoder")?;
-    let codec = encoder::find_by_name(encoder_name)
-        .with_context(|| format!("FFmpeg encoder {encoder_name} not found"))?;
+    let encoder_name = spec.codec.encoder_name().context("FFmpeg has neither libx264 nor the mpeg4 encoder")?;
+    let codec =
+        encoder::find_by_name(encoder_name).with_context(|| format!("FFmpeg encoder {encoder_name} not found"))?;
     let is_x264 = encoder_name == "libx264";
 
-    let mut octx = format::output_as(path, "mp4")
-        .with_context(|| format!("opening {} for writing", path.display()))?;
+    let mut octx = format::output_as(path, "mp4").with_context(|| format!("opening {} for writing", path.display()))?;
     let global_header = octx.format().flags().contains(format::Flags::GLOBAL_HEADER);
 
     let frame_rate = Rational(spec.fps.0, spec.fps.1);
     // One tick per frame: pts is the frame index.
     let enc_tb = Rational(spec.fps.1, spec.fps.0);
 
-    let mut enc = codec::context::Context::new_with_codec(codec)
-        .encoder()
-        .video()?;
+    let mut enc = codec::context::Context::new_with_codec(codec).encoder().video()?;
     enc.set_width(spec.width);
     enc.set_height(spec.height);
     enc.set_format(format::Pixel::YUV420P);
@@ -539,11 +452,7 @@ fn encode_to(spec: &SynthSpec, path: &Path) -> anyhow::Result<u64> {
     enc.set_color_range(ffmpeg::color::Range::MPEG);
     // Single-threaded encoding and bit-exact mode make the output a pure
     // function of the input frames.
-    enc.set_threading(codec::threading::Config {
-        kind: codec::threading::Type::None,
-        count: 1,
-        ..Default::default()
-    });
+    enc.set_threading(codec::threading::Config { kind: codec::threading::Type::None, count: 1, ..Default::default() });
     let mut flags = codec::Flags::BITEXACT;
     if global_header {
         flags |= codec::Flags::GLOBAL_HEADER;
@@ -561,9 +470,7 @@ fn encode_to(spec: &SynthSpec, path: &Path) -> anyhow::Result<u64> {
         enc.set_max_b_frames(0);
     }
     enc.set_flags(flags);
-    let mut enc = enc
-        .open_with(opts)
-        .with_context(|| format!("opening the {encoder_name} encoder"))?;
+    let mut enc = enc.open_with(opts).with_context(|| format!("opening the {encoder_name} encoder"))?;
 
     let stream_index = {
         let mut ost = octx.add_stream(codec)?;
@@ -576,12 +483,8 @@ fn encode_to(spec: &SynthSpec, path: &Path) -> anyhow::Result<u64> {
     let mut mux_opts = Dictionary::new();
     // Keeps FFmpeg version strings out of the container.
     mux_opts.set("fflags", "+bitexact");
-    octx.write_header_with(mux_opts)
-        .context("writing the MP4 header")?;
-    let ost_tb = octx
-        .stream(stream_index)
-        .context("output stream vanished")?
-        .time_base();
+    octx.write_header_with(mux_opts).context("writing the MP4 header")?;
+    let ost_tb = octx.stream(stream_index).context("output stream vanished")?.time_base();
 
     let (w, h) = (spec.width, spec.height);
     let mut scaler = software::scaling::Context::get(
@@ -591,9 +494,7 @@ fn encode_to(spec: &SynthSpec, path: &Path) -> anyhow::Result<u64> {
         format::Pixel::YUV420P,
         w,
         h,
-        software::scaling::Flags::POINT
-            | software::scaling::Flags::ACCURATE_RND
-            | software::scaling::Flags::BITEXACT,
+        software::scaling::Flags::POINT | software::scaling::Flags::ACCURATE_RND | software::scaling::Flags::BITEXACT,
     )
     .context("creating the RGB to YUV converter")?;
     let mut rgb = vec![0u8; w as usize * h as usize * 3];
@@ -626,8 +527,7 @@ fn encode_to(spec: &SynthSpec, path: &Path) -> anyhow::Result<u64> {
         let mut yuv = frame::Video::empty();
         scaler.run(&rgb_frame, &mut yuv)?;
         yuv.set_pts(Some(index as i64));
-        enc.send_frame(&yuv)
-            .with_context(|| format!("encoding frame {index}"))?;
+        enc.send_frame(&yuv).with_context(|| format!("encoding frame {index}"))?;
         drain(&mut enc, &mut octx).context("writing packets")?;
     }
     enc.send_eof().context("flushing the encoder")?;
@@ -636,10 +536,7 @@ fn encode_to(spec: &SynthSpec, path: &Path) -> anyhow::Result<u64> {
     drop(octx);
 
     if packets != spec.num_frames {
-        bail!(
-            "encoder produced {packets} packets for {} frames",
-            spec.num_frames
-        );
+        bail!("encoder produced {packets} packets for {} frames", spec.num_frames);
     }
     Ok(packets)
 }
@@ -661,11 +558,7 @@ fn first_cue_text(scene: &Scene, variant: usize) -> String {
     match variant % 5 {
         0 => format!("a {c} {s} {}", m.verb()),
         1 => format!("here we see a {c} {s} {}", m.gerund()),
-        2 => format!(
-            "now there is a {c} {s} {} on a {} background",
-            m.gerund(),
-            scene.background.words()
-        ),
+        2 => format!("now there is a {c} {s} {} on a {} background", m.gerund(), scene.background.words()),
         3 => format!("watch the {c} {s} as it {}", m.verb()),
         _ => format!("next up a {c} {s} that {}", m.verb()),
     }
@@ -676,10 +569,7 @@ fn second_cue_text(scene: &Scene, variant: usize) -> String {
     let m = scene.motion;
     match variant % 4 {
         0 => format!("the {c} {s} keeps {}", m.gerund()),
-        1 => format!(
-            "you can see the {c} {s} against the {} background",
-            scene.background.words()
-        ),
+        1 => format!("you can see the {c} {s} against the {} background", scene.background.words()),
         2 => format!("still {} is the {c} {s}", m.gerund()),
         _ => format!("so the {s} is {c} and it {}", m.verb()),
     }
@@ -700,13 +590,7 @@ pub fn scene_sentence(scene: &Scene) -> String {
 /// `hh:mm:ss.mmm`, rounded to the millisecond.
 pub fn vtt_timestamp(seconds: f64) -> String {
     let ms = (seconds.max(0.0) * 1000.0).round() as u64;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        ms / 3_600_000,
-        ms / 60_000 % 60,
-        ms / 1000 % 60,
-        ms % 1000
-    )
+    format!("{:02}:{:02}:{:02}.{:03}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
 }
 
 /// A WebVTT file narrating `scenes`: one cue per scene, two for scenes of
@@ -795,12 +679,8 @@ pub fn demo_set(seed: u64) -> Vec<DemoVideo> {
     let mut formats: [Option<DemoFormat>; DEMO_VIDEOS] = [None; DEMO_VIDEOS];
     for which in [Split::Train, Split::Heldout] {
         let slots: Vec<usize> = (0..DEMO_VIDEOS).filter(|&i| split[i] == which).collect();
-        let mut sizes: Vec<(u32, u32)> = (0..slots.len())
-            .map(|k| DEMO_SIZES[k % DEMO_SIZES.len()])
-            .collect();
-        let mut rates: Vec<(i32, i32)> = (0..slots.len())
-            .map(|k| DEMO_RATES[k % DEMO_RATES.len()])
-            .collect();
+        let mut sizes: Vec<(u32, u32)> = (0..slots.len()).map(|k| DEMO_SIZES[k % DEMO_SIZES.len()]).collect();
+        let mut rates: Vec<(i32, i32)> = (0..slots.len()).map(|k| DEMO_RATES[k % DEMO_RATES.len()]).collect();
         sizes.shuffle(&mut rng);
         rates.shuffle(&mut rng);
         if let Some(r) = rates.iter_mut().find(|r| **r == (30, 1)) {
@@ -848,14 +728,7 @@ fn random_scenes(rng: &mut ChaCha8Rng, seconds: f64, n: usize) -> Vec<Scene> {
         let colour = pick(rng, &Colour::ALL, prev.map(|p| p.colour));
         let motion = pick(rng, &Motion::ALL, prev.map(|p| p.motion));
         let background = Background::ALL[rng.random_range(0..Background::ALL.len())];
-        scenes.push(Scene {
-            start_s: cuts[k],
-            end_s: cuts[k + 1],
-            shape,
-            colour,
-            motion,
-            background,
-        });
+        scenes.push(Scene { start_s: cuts[k], end_s: cuts[k + 1], shape, colour, motion, background });
     }
     scenes
 }
@@ -927,11 +800,7 @@ impl DemoManifest {
                 let _ = writeln!(o, "{}", if k + 1 < v.scenes.len() { "," } else { "" });
             }
             let _ = writeln!(o, "      ]");
-            let _ = writeln!(
-                o,
-                "    }}{}",
-                if i + 1 < self.videos.len() { "," } else { "" }
-            );
+            let _ = writeln!(o, "    }}{}", if i + 1 < self.videos.len() { "," } else { "" });
         }
         let _ = writeln!(o, "  ]");
         let _ = writeln!(o, "}}");
@@ -984,9 +853,7 @@ pub fn write_demo_set(dir: &Path, seed: u64) -> anyhow::Result<DemoManifest> {
 }
 
 fn write_set(dir: &Path, seed: u64, videos: &[DemoVideo]) -> anyhow::Result<DemoManifest> {
-    let encoder = VideoCodec::H264
-        .encoder_name()
-        .context("FFmpeg has neither libx264 nor the mpeg4 encoder")?;
+    let encoder = VideoCodec::H264.encoder_name().context("FFmpeg has neither libx264 nor the mpeg4 encoder")?;
     let manifest = DemoManifest {
         generator_version: GENERATOR_VERSION,
         seed,
@@ -1022,12 +889,7 @@ fn write_set(dir: &Path, seed: u64, videos: &[DemoVideo]) -> anyhow::Result<Demo
     let mut grounding = String::new();
     for (v, m) in videos.iter().zip(&manifest.videos) {
         let frames = write_video(&v.spec, &dir.join(&m.video))?;
-        ensure!(
-            frames == v.spec.num_frames,
-            "{}: wrote {frames} frames, expected {}",
-            v.id,
-            v.spec.num_frames
-        );
+        ensure!(frames == v.spec.num_frames, "{}: wrote {frames} frames, expected {}", v.id, v.spec.num_frames);
         write_atomic(&dir.join(&m.narration), &narration_webvtt(&v.spec.scenes))?;
         if v.split == Split::Heldout {
             let duration = v.spec.duration_s();
@@ -1036,21 +898,11 @@ fn write_set(dir: &Path, seed: u64, videos: &[DemoVideo]) -> anyhow::Result<Demo
                 if end <= s.start_s {
                     continue;
                 }
-                let _ = writeln!(
-                    grounding,
-                    "{} {:.2} {:.2}##{}",
-                    v.id,
-                    s.start_s,
-                    end,
-                    scene_sentence(s)
-                );
+                let _ = writeln!(grounding, "{} {:.2} {:.2}##{}", v.id, s.start_s, end, scene_sentence(s));
             }
         }
     }
-    write_atomic(
-        &dir.join(Split::Heldout.name()).join("grounding.txt"),
-        &grounding,
-    )?;
+    write_atomic(&dir.join(Split::Heldout.name()).join("grounding.txt"), &grounding)?;
     write_atomic(&manifest_path, &json)?;
     Ok(manifest)
 }
@@ -1058,14 +910,8 @@ fn write_set(dir: &Path, seed: u64, videos: &[DemoVideo]) -> anyhow::Result<Demo
 fn is_complete(dir: &Path, manifest: &DemoManifest, json: &str) -> bool {
     let same = fs::read_to_string(dir.join("manifest.json")).is_ok_and(|old| old == json);
     let non_empty = |p: PathBuf| fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0);
-    same && manifest
-        .videos
-        .iter()
-        .all(|v| non_empty(dir.join(&v.video)) && dir.join(&v.narration).is_file())
-        && dir
-            .join(Split::Heldout.name())
-            .join("grounding.txt")
-            .is_file()
+    same && manifest.videos.iter().all(|v| non_empty(dir.join(&v.video)) && dir.join(&v.narration).is_file())
+        && dir.join(Split::Heldout.name()).join("grounding.txt").is_file()
 }
 
 fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -1079,14 +925,7 @@ mod tests {
     use super::*;
 
     fn scene(start_s: f64, end_s: f64, shape: Shape, colour: Colour, motion: Motion) -> Scene {
-        Scene {
-            start_s,
-            end_s,
-            shape,
-            colour,
-            motion,
-            background: Background::Grey,
-        }
+        Scene { start_s, end_s, shape, colour, motion, background: Background::Grey }
     }
 
     fn tiny_spec(fps: (i32, i32), seconds: f64) -> SynthSpec {
@@ -1096,20 +935,8 @@ mod tests {
             fps,
             seconds,
             vec![
-                scene(
-                    0.0,
-                    seconds / 2.0,
-                    Shape::Circle,
-                    Colour::Red,
-                    Motion::Right,
-                ),
-                scene(
-                    seconds / 2.0,
-                    seconds,
-                    Shape::Square,
-                    Colour::Blue,
-                    Motion::Down,
-                ),
+                scene(0.0, seconds / 2.0, Shape::Circle, Colour::Red, Motion::Right),
+                scene(seconds / 2.0, seconds, Shape::Square, Colour::Blue, Motion::Down),
             ],
         )
     }
@@ -1121,11 +948,7 @@ mod tests {
         let mut ictx = format::input(path).unwrap();
         let stream = ictx.streams().best(ffmpeg::media::Type::Video).unwrap();
         let index = stream.index();
-        let mut dec = codec::context::Context::from_parameters(stream.parameters())
-            .unwrap()
-            .decoder()
-            .video()
-            .unwrap();
+        let mut dec = codec::context::Context::from_parameters(stream.parameters()).unwrap().decoder().video().unwrap();
         let (w, h) = (dec.width(), dec.height());
         let mut scaler = software::scaling::Context::get(
             dec.format(),
@@ -1147,9 +970,7 @@ mod tests {
                     scaler.run(&frame, &mut rgb).unwrap();
                     let stride = rgb.stride(0);
                     for y in 0..h as usize {
-                        first.extend_from_slice(
-                            &rgb.data(0)[y * stride..y * stride + w as usize * 3],
-                        );
+                        first.extend_from_slice(&rgb.data(0)[y * stride..y * stride + w as usize * 3]);
                     }
                 }
                 *count += 1;
@@ -1172,9 +993,7 @@ mod tests {
     }
 
     fn close(a: [u8; 3], b: [u8; 3], tol: i32) -> bool {
-        a.iter()
-            .zip(b)
-            .all(|(&x, y)| (i32::from(x) - i32::from(y)).abs() <= tol)
+        a.iter().zip(b).all(|(&x, y)| (i32::from(x) - i32::from(y)).abs() <= tol)
     }
 
     #[test]
@@ -1192,10 +1011,7 @@ mod tests {
         let centre = pixel(&first, 64, p.cx as u32, p.cy as u32);
         assert!(close(centre, Colour::Red.rgb(), 40), "centre {centre:?}");
         let corner = pixel(&first, 64, 62, 2);
-        assert!(
-            close(corner, Background::Grey.rgb(), 24),
-            "corner {corner:?}"
-        );
+        assert!(close(corner, Background::Grey.rgb(), 24), "corner {corner:?}");
     }
 
     #[test]
@@ -1211,10 +1027,7 @@ mod tests {
         assert_eq!(stream.avg_frame_rate(), Rational(30000, 1001));
         assert_eq!(stream.frames(), 15);
         let duration = stream.duration() as f64 * f64::from(stream.time_base());
-        assert!(
-            (duration - spec.duration_s()).abs() < 1e-3,
-            "duration {duration}"
-        );
+        assert!((duration - spec.duration_s()).abs() < 1e-3, "duration {duration}");
     }
 
     #[test]
@@ -1262,19 +1075,13 @@ mod tests {
             let first = spec.render_rgb(0);
             let p = spec.scenes[0].placement(0.0, w, spec.height);
             assert!(p.cx < f64::from(w) / 2.0);
-            assert_eq!(
-                pixel(&first, w, p.cx as u32, p.cy as u32),
-                Colour::Green.rgb()
-            );
+            assert_eq!(pixel(&first, w, p.cx as u32, p.cy as u32), Colour::Green.rgb());
             assert_eq!(pixel(&first, w, w - 1, p.cy as u32), Background::Grey.rgb());
             // Last frame: it has crossed to the right half.
             let last = spec.render_rgb(spec.num_frames - 1);
             let q = spec.scenes[0].placement(0.9, w, spec.height);
             assert!(q.cx > f64::from(w) / 2.0);
-            assert_eq!(
-                pixel(&last, w, q.cx as u32, q.cy as u32),
-                Colour::Green.rgb()
-            );
+            assert_eq!(pixel(&last, w, q.cx as u32, q.cy as u32), Colour::Green.rgb());
             assert_eq!(pixel(&last, w, 0, q.cy as u32), Background::Grey.rgb());
         }
         // Grow: small at first, so a point near the edge of the final size
@@ -1348,16 +1155,10 @@ mod tests {
                 .collect();
             assert!(!inside.is_empty());
             for t in inside {
-                assert!(
-                    t.contains(s.colour.name()) && t.contains(s.shape.name()),
-                    "{t}"
-                );
+                assert!(t.contains(s.colour.name()) && t.contains(s.shape.name()), "{t}");
             }
         }
-        assert_eq!(
-            scene_sentence(&scenes[0]),
-            "a red circle moves to the left."
-        );
+        assert_eq!(scene_sentence(&scenes[0]), "a red circle moves to the left.");
     }
 
     #[test]
@@ -1421,10 +1222,7 @@ mod tests {
             split,
             spec: tiny_spec(fps, 0.6),
         };
-        let videos = vec![
-            tiny("t0", Split::Train, (25, 1)),
-            tiny("h0", Split::Heldout, (30000, 1001)),
-        ];
+        let videos = vec![tiny("t0", Split::Train, (25, 1)), tiny("h0", Split::Heldout, (30000, 1001))];
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let m = write_set(root, 11, &videos).unwrap();

@@ -38,10 +38,8 @@ impl C3d {
             ("conv5a", c4, c5, Pool::None),
             ("conv5b", c5, c5, Pool::Pool5),
         ];
-        let convs = layout
-            .iter()
-            .map(|&(name, i, o, pool)| (init::conv3d(vs / name, i, o, cfg.c3d.conv_init), pool))
-            .collect();
+        let convs =
+            layout.iter().map(|&(name, i, o, pool)| (init::conv3d(vs / name, i, o, cfg.c3d.conv_init), pool)).collect();
         let fc = cfg.c3d.fc_dim;
         C3d {
             convs,

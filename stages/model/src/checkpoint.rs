@@ -57,14 +57,15 @@ pub fn tensor_bytes(t: &Tensor) -> Vec<u8> {
 
 /// Writes `tensors` and `metadata` to `path` so that the path either holds
 /// the previous file or the complete new one, never a partial write.
-pub fn write_safetensors(
-    path: &Path,
-    tensors: &[(String, Tensor)],
-    metadata: &BTreeMap<String, String>,
-) -> Result<()> {
+pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
     let mut owned = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
-        owned.push((name.clone(), dtype_of(t.kind())?, t.size().iter().map(|&d| d as usize).collect::<Vec<_>>(), tensor_bytes(t)));
+        owned.push((
+            name.clone(),
+            dtype_of(t.kind())?,
+            t.size().iter().map(|&d| d as usize).collect::<Vec<_>>(),
+            tensor_bytes(t),
+        ));
     }
     let views = owned
         .iter()
@@ -227,7 +228,10 @@ mod tests {
         let a = LocVtp::new(&tiny(), Device::Cpu, 1);
         let mut tensors: Vec<(String, Tensor)> =
             named_variables(&a.vs).into_iter().map(|(n, t)| (format!("module.{n}"), t)).collect();
-        tensors.push(("module.textEncoder.model.embeddings.word_embeddings.weight".into(), Tensor::zeros([3, 2], (Kind::Float, Device::Cpu))));
+        tensors.push((
+            "module.textEncoder.model.embeddings.word_embeddings.weight".into(),
+            Tensor::zeros([3, 2], (Kind::Float, Device::Cpu)),
+        ));
         write_safetensors(&path, &tensors, &BTreeMap::new()).unwrap();
         let mut b = LocVtp::new(&tiny(), Device::Cpu, 2);
         let report = load_weights(&mut b.vs, &path).unwrap();

@@ -22,11 +22,7 @@ pub fn xavier_linear(vs: nn::Path, d_in: i64, d_out: i64) -> nn::Linear {
         vs,
         d_in,
         d_out,
-        nn::LinearConfig {
-            ws_init: xavier_uniform(d_in, d_out),
-            bs_init: Some(default_uniform(d_in)),
-            bias: true,
-        },
+        nn::LinearConfig { ws_init: xavier_uniform(d_in, d_out), bs_init: Some(default_uniform(d_in)), bias: true },
     )
 }
 
@@ -37,16 +33,5 @@ pub fn conv3d(vs: nn::Path, c_in: i64, c_out: i64, how: crate::config::ConvInit)
         crate::config::ConvInit::Pytorch => (default_uniform(fan_in), default_uniform(fan_in)),
         crate::config::ConvInit::Kaiming => (nn::init::DEFAULT_KAIMING_NORMAL, Init::Const(0.0)),
     };
-    nn::conv3d(
-        vs,
-        c_in,
-        c_out,
-        3,
-        nn::ConvConfig {
-            padding: 1,
-            ws_init,
-            bs_init,
-            ..Default::default()
-        },
-    )
+    nn::conv3d(vs, c_in, c_out, 3, nn::ConvConfig { padding: 1, ws_init, bs_init, ..Default::default() })
 }

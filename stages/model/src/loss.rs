@@ -39,14 +39,7 @@ pub struct Draws {
     pub ctx_clips: Tensor,
 }
 
-const DRAW_NAMES: [&str; 6] = [
-    "perm",
-    "cuts",
-    "neg_words",
-    "neg_clips",
-    "ctx_words",
-    "ctx_clips",
-];
+const DRAW_NAMES: [&str; 6] = ["perm", "cuts", "neg_words", "neg_clips", "ctx_words", "ctx_clips"];
 
 impl Draws {
     /// Draws everything for a batch of `b` samples of `t` segments whose
@@ -61,22 +54,10 @@ impl Draws {
     }
 
     /// As [`Draws::sample`] with an explicit word width `n >= max(word_lens)`.
-    pub fn sample_padded<R: Rng + ?Sized>(
-        b: i64,
-        t: i64,
-        n: i64,
-        word_lens: &[i64],
-        rng: &mut R,
-    ) -> Draws {
-        assert!(
-            b >= 1 && t >= 1,
-            "a batch needs at least one sample and one segment (B = {b}, T = {t})"
-        );
+    pub fn sample_padded<R: Rng + ?Sized>(b: i64, t: i64, n: i64, word_lens: &[i64], rng: &mut R) -> Draws {
+        assert!(b >= 1 && t >= 1, "a batch needs at least one sample and one segment (B = {b}, T = {t})");
         assert_eq!(word_lens.len() as i64, b, "one word count per sample");
-        assert!(
-            word_lens.iter().all(|&l| (0..=n).contains(&l)),
-            "word counts {word_lens:?} must lie in [0, {n}]"
-        );
+        assert!(word_lens.iter().all(|&l| (0..=n).contains(&l)), "word counts {word_lens:?} must lie in [0, {n}]");
         let k = NUM_NEGATIVES;
         let (bu, tu, nu, ku) = (b as usize, t as usize, n as usize, k as usize);
 
@@ -141,23 +122,12 @@ impl Draws {
     }
 
     fn fields(&self) -> [&Tensor; 6] {
-        [
-            &self.perm,
-            &self.cuts,
-            &self.neg_words,
-            &self.neg_clips,
-            &self.ctx_words,
-            &self.ctx_clips,
-        ]
+        [&self.perm, &self.cuts, &self.neg_words, &self.neg_clips, &self.ctx_words, &self.ctx_clips]
     }
 
     /// The draws as `draws.<field>` tensors, for safetensors dumps.
     pub fn to_named_tensors(&self) -> Vec<(String, Tensor)> {
-        DRAW_NAMES
-            .iter()
-            .zip(self.fields())
-            .map(|(n, t)| (format!("draws.{n}"), t.shallow_clone()))
-            .collect()
+        DRAW_NAMES.iter().zip(self.fields()).map(|(n, t)| (format!("draws.{n}"), t.shallow_clone())).collect()
     }
 
     /// Reads the `draws.<field>` tensors back (other names are ignored) and
@@ -171,10 +141,7 @@ impl Draws {
                 .map(|(_, t)| t)
                 .with_context(|| format!("tensor {name} missing"))?;
             if t.is_floating_point() {
-                bail!(
-                    "tensor {name} holds {:?}, indices must be integers",
-                    t.kind()
-                );
+                bail!("tensor {name} holds {:?}, indices must be integers", t.kind());
             }
             Ok(t.to_kind(Kind::Int64).to_device(tch::Device::Cpu))
         };
@@ -208,7 +175,10 @@ impl Draws {
         ];
         for (name, tensor, shape, bound) in expected {
             if tensor.size() != shape {
-                bail!("draws.{name} has shape {:?}, the batch needs {shape:?} (B = {b}, T = {t}, N = {n})", tensor.size());
+                bail!(
+                    "draws.{name} has shape {:?}, the batch needs {shape:?} (B = {b}, T = {t}, N = {n})",
+                    tensor.size()
+                );
             }
             if tensor.numel() > 0 {
                 let lo = tensor.min().int64_value(&[]);
@@ -232,23 +202,14 @@ impl Draws {
 /// kind: raw u8 segments, clip features or embeddings.
 pub fn splice_samples(clips: &Tensor, draws: &Draws) -> Tensor {
     let size = clips.size();
-    assert!(
-        size.len() >= 2,
-        "splice_samples needs [B, T, ...], got {size:?}"
-    );
+    assert!(size.len() >= 2, "splice_samples needs [B, T, ...], got {size:?}");
     let (b, t) = (size[0], size[1]);
-    assert_eq!(
-        draws.perm.size(),
-        vec![b],
-        "one permutation entry per sample"
-    );
+    assert_eq!(draws.perm.size(), vec![b], "one permutation entry per sample");
     let dev = clips.device();
     let perm = draws.perm.to_device(dev);
     let cuts = draws.cuts.to_device(dev);
     let other = clips.index_select(0, &perm);
-    let keep = Tensor::arange(t, (Kind::Int64, dev))
-        .unsqueeze(0)
-        .lt_tensor(&cuts.unsqueeze(1));
+    let keep = Tensor::arange(t, (Kind::Int64, dev)).unsqueeze(0).lt_tensor(&cuts.unsqueeze(1));
     let mut keep_shape = vec![b, t];
     keep_shape.resize(size.len(), 1);
     clips.where_self(&keep.reshape(keep_shape), &other)
@@ -285,11 +246,7 @@ pub struct LossWeights {
 
 impl Default for LossWeights {
     fn default() -> Self {
-        LossWeights {
-            tau: 1.0,
-            splice: 1.0,
-            fg: 10.0,
-        }
+        LossWeights { tau: 1.0, splice: 1.0, fg: 10.0 }
     }
 }
 
@@ -319,10 +276,7 @@ pub struct LossTerms {
 impl LossTerms {
     /// The six terms and the total as `(name, value)`, for logging.
     pub fn values(&self) -> Vec<(&'static str, f64)> {
-        self.terms()
-            .into_iter()
-            .map(|(n, t)| (n, t.double_value(&[])))
-            .collect()
+        self.terms().into_iter().map(|(n, t)| (n, t.double_value(&[]))).collect()
     }
 
     fn terms(&self) -> [(&'static str, &Tensor); 7] {
@@ -339,11 +293,8 @@ impl LossTerms {
 
     /// Every term (`loss.<term>`) and intermediate by name, detached.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out: Vec<(String, Tensor)> = self
-            .terms()
-            .into_iter()
-            .map(|(n, t)| (format!("loss.{n}"), t.detach()))
-            .collect();
+        let mut out: Vec<(String, Tensor)> =
+            self.terms().into_iter().map(|(n, t)| (format!("loss.{n}"), t.detach())).collect();
         out.push(("a".into(), self.a.detach()));
         out.push(("pos_words".into(), self.pos_words.shallow_clone()));
         out.push(("pos_clips".into(), self.pos_clips.shallow_clone()));
@@ -391,9 +342,7 @@ fn coarse_loss(v: &Tensor, s: &Tensor, tau: f64) -> (Tensor, Tensor, Tensor) {
     let logits = s.matmul(&vbar.tr()) / tau;
     let targets = ((vbar.matmul(&vbar.tr()) + s.matmul(&s.tr())) / 2.0 * tau).softmax(-1, None);
     let soft_ce = |logits: &Tensor, targets: &Tensor| {
-        -(targets * logits.log_softmax(-1, None))
-            .sum_dim_intlist(-1, false, None)
-            .mean(None)
+        -(targets * logits.log_softmax(-1, None)).sum_dim_intlist(-1, false, None).mean(None)
     };
     let l_text = soft_ce(&logits, &targets);
     let l_video = soft_ce(&logits.tr(), &targets.tr());
@@ -406,10 +355,7 @@ fn attention(v: &Tensor, w: &Tensor, mask: &Tensor) -> Tensor {
     let pad = mask.logical_not().unsqueeze(1);
     // A row with no real word is all -inf and softmaxes to NaN; the second
     // fill overwrites that whole row with 0.
-    v.matmul(&w.transpose(1, 2))
-        .masked_fill(&pad, f64::NEG_INFINITY)
-        .softmax(-1, None)
-        .masked_fill(&pad, 0.0)
+    v.matmul(&w.transpose(1, 2)).masked_fill(&pad, f64::NEG_INFINITY).softmax(-1, None).masked_fill(&pad, 0.0)
 }
 
 /// The six LocVTP losses and their weighted total (locvtp-method.md
@@ -424,28 +370,11 @@ pub fn locvtp_losses(
     weights: &LossWeights,
 ) -> LossTerms {
     let (splice_head, context) = model_heads;
-    let LossInputs {
-        v,
-        s,
-        w,
-        word_mask,
-        v_spliced,
-    } = *inputs;
+    let LossInputs { v, s, w, word_mask, v_spliced } = *inputs;
     let (b, t, d) = v.size3().expect("V must be [B, T, D]");
     let (wb, n, wd) = w.size3().expect("W must be [B, N, D]");
-    assert_eq!(
-        s.size(),
-        vec![b, d],
-        "S must be [B, D] with V [B, T, D] = {:?}",
-        v.size()
-    );
-    assert_eq!(
-        (wb, wd),
-        (b, d),
-        "W {:?} does not match V {:?}",
-        w.size(),
-        v.size()
-    );
+    assert_eq!(s.size(), vec![b, d], "S must be [B, D] with V [B, T, D] = {:?}", v.size());
+    assert_eq!((wb, wd), (b, d), "W {:?} does not match V {:?}", w.size(), v.size());
     assert_eq!(word_mask.size(), vec![b, n], "word_mask must be [B, N]");
     assert_eq!(v_spliced.size(), vec![b, t, d], "V' must be shaped as V");
     if let Err(e) = draws.check(b, t, n) {
@@ -461,18 +390,14 @@ pub fn locvtp_losses(
     let splice_logits = splice_head.forward(v_spliced);
     // Not `cross_entropy_for_logits`: that one computes in float32 whatever
     // the input kind, which would break float64 gradient checks.
-    let splice = splice_logits
-        .log_softmax(-1, None)
-        .nll_loss(&on_dev(&draws.cuts));
+    let splice = splice_logits.log_softmax(-1, None).nll_loss(&on_dev(&draws.cuts));
 
     // The arg-maxes carry no gradient, so neither does A.
     let (a, pos_words, pos_clips) = tch::no_grad(|| {
         let a = attention(&v.detach(), &w.detach(), &mask);
         // Attention at a real word is >= 0, so -1 keeps padding out of the
         // arg-max; ties go to the first index, as in PyTorch.
-        let pos_words = a
-            .masked_fill(&mask.logical_not().unsqueeze(1), -1.0)
-            .argmax(-1, false);
+        let pos_words = a.masked_fill(&mask.logical_not().unsqueeze(1), -1.0).argmax(-1, false);
         let pos_clips = a.argmax(1, false).masked_fill(&mask.logical_not(), 0);
         (a, pos_words, pos_clips)
     });
@@ -492,9 +417,7 @@ pub fn locvtp_losses(
     let key = gather_rows(v, &r_n) + context.vid_offset(&(&r_n - &pos_clips));
     let (fg_word_ctx, fg_word_ctx_logits) = nce(w, &key, &neg_clips, &mask);
 
-    let total = &coarse
-        + &splice * weights.splice
-        + (&fg_vid + &fg_word + &fg_vid_ctx + &fg_word_ctx) * weights.fg;
+    let total = &coarse + &splice * weights.splice + (&fg_vid + &fg_word + &fg_vid_ctx + &fg_word_ctx) * weights.fg;
 
     let details = vec![
         ("coarse.logits".to_string(), coarse_logits),
@@ -507,19 +430,7 @@ pub fn locvtp_losses(
         ("fg.clip_valid".to_string(), clip_valid.to_kind(Kind::Uint8)),
         ("fg.word_valid".to_string(), mask.to_kind(Kind::Uint8)),
     ];
-    LossTerms {
-        coarse,
-        splice,
-        fg_vid,
-        fg_word,
-        fg_vid_ctx,
-        fg_word_ctx,
-        total,
-        a,
-        pos_words,
-        pos_clips,
-        details,
-    }
+    LossTerms { coarse, splice, fg_vid, fg_word, fg_vid_ctx, fg_word_ctx, total, a, pos_words, pos_clips, details }
 }
 
 /// Runs `f` with libtorch's global generator seeded, holding the lock that
@@ -558,10 +469,7 @@ mod tests {
     fn case(t: i64, d: i64, lens: &[i64], seed: u64) -> Case {
         let b = lens.len() as i64;
         let n = lens.iter().copied().max().unwrap().max(1);
-        let mask_rows: Vec<Vec<bool>> = lens
-            .iter()
-            .map(|&l| (0..n).map(|j| j < l).collect())
-            .collect();
+        let mask_rows: Vec<Vec<bool>> = lens.iter().map(|&l| (0..n).map(|j| j < l).collect()).collect();
         let mask = Tensor::from_slice(&mask_rows.concat()).reshape([b, n]);
         let draws = Draws::sample(b, t, lens, &mut ChaCha8Rng::seed_from_u64(seed));
         seeded(seed as i64, || {
@@ -585,13 +493,7 @@ mod tests {
     }
 
     fn losses_of(c: &Case, v: &Tensor, s: &Tensor, w: &Tensor, weights: &LossWeights) -> LossTerms {
-        let inputs = LossInputs {
-            v,
-            s,
-            w,
-            word_mask: &c.mask,
-            v_spliced: &c.vsp,
-        };
+        let inputs = LossInputs { v, s, w, word_mask: &c.mask, v_spliced: &c.vsp };
         locvtp_losses((&c.splice, &c.ctx), &inputs, &c.draws, weights)
     }
 
@@ -662,9 +564,7 @@ mod tests {
         let bias = |l: &nn::Linear| Vec::<f64>::try_from(l.bs.as_ref().unwrap()).unwrap();
         let (sw, sb, dw, db) = (col(sign_l), bias(sign_l), col(dist_l), bias(dist_l));
         let d = d as f64;
-        (0..sw.len())
-            .map(|j| sw[j] * sign(d) + sb[j] + dw[j] * d.abs() + db[j])
-            .collect()
+        (0..sw.len()).map(|j| sw[j] * sign(d) + sb[j] + dw[j] * d.abs() + db[j]).collect()
     }
 
     /// The six terms computed with plain loops over f64, independently of
@@ -677,22 +577,12 @@ mod tests {
         let dd = s[0].len();
 
         // Coarse.
-        let vbar: Vec<Vec<f64>> = v
-            .iter()
-            .map(|segs| {
-                (0..dd)
-                    .map(|j| segs.iter().map(|x| x[j]).sum::<f64>() / t as f64)
-                    .collect()
-            })
-            .collect();
-        let logits: Vec<Vec<f64>> = (0..b)
-            .map(|i| (0..b).map(|j| dot(&s[i], &vbar[j]) / tau).collect())
-            .collect();
+        let vbar: Vec<Vec<f64>> =
+            v.iter().map(|segs| (0..dd).map(|j| segs.iter().map(|x| x[j]).sum::<f64>() / t as f64).collect()).collect();
+        let logits: Vec<Vec<f64>> = (0..b).map(|i| (0..b).map(|j| dot(&s[i], &vbar[j]) / tau).collect()).collect();
         let targets: Vec<Vec<f64>> = (0..b)
             .map(|i| {
-                let sim: Vec<f64> = (0..b)
-                    .map(|j| (dot(&vbar[i], &vbar[j]) + dot(&s[i], &s[j])) / 2.0 * tau)
-                    .collect();
+                let sim: Vec<f64> = (0..b).map(|j| (dot(&vbar[i], &vbar[j]) + dot(&s[i], &s[j])) / 2.0 * tau).collect();
                 log_softmax(&sim).iter().map(|x| x.exp()).collect()
             })
             .collect();
@@ -736,9 +626,7 @@ mod tests {
                 a[bi][ti] = log_softmax(&z).iter().map(|x| x.exp()).collect();
                 p[bi][ti] = argmax_first(&a[bi][ti]);
             }
-            q[bi] = (0..len)
-                .map(|n| argmax_first(&(0..t).map(|ti| a[bi][ti][n]).collect::<Vec<_>>()))
-                .collect();
+            q[bi] = (0..len).map(|n| argmax_first(&(0..t).map(|ti| a[bi][ti][n]).collect::<Vec<_>>())).collect();
         }
 
         let neg_words = i3(&c.draws.neg_words);
@@ -753,10 +641,7 @@ mod tests {
                 continue;
             }
             for ti in 0..t {
-                let negs: Vec<Vec<f64>> = neg_words[bi][ti]
-                    .iter()
-                    .map(|&j| w[bi][j as usize].clone())
-                    .collect();
+                let negs: Vec<Vec<f64>> = neg_words[bi][ti].iter().map(|&j| w[bi][j as usize].clone()).collect();
                 fv += nce_ref(&v[bi][ti], &w[bi][p[bi][ti]], &negs);
                 let st = ctx_words[bi][ti];
                 let off = offset_ref(&c.ctx.sign_word, &c.ctx.dist_word, st - p[bi][ti] as i64);
@@ -764,10 +649,7 @@ mod tests {
                 nv += 1;
             }
             for n in 0..len {
-                let negs: Vec<Vec<f64>> = neg_clips[bi][n]
-                    .iter()
-                    .map(|&j| v[bi][j as usize].clone())
-                    .collect();
+                let negs: Vec<Vec<f64>> = neg_clips[bi][n].iter().map(|&j| v[bi][j as usize].clone()).collect();
                 fw_ += nce_ref(&w[bi][n], &v[bi][q[bi][n]], &negs);
                 let rn = ctx_clips[bi][n];
                 let off = offset_ref(&c.ctx.sign_vid, &c.ctx.dist_vid, rn - q[bi][n] as i64);
@@ -780,15 +662,7 @@ mod tests {
     }
 
     fn six(l: &LossTerms) -> [f64; 6] {
-        [
-            &l.coarse,
-            &l.splice,
-            &l.fg_vid,
-            &l.fg_word,
-            &l.fg_vid_ctx,
-            &l.fg_word_ctx,
-        ]
-        .map(|x| x.double_value(&[]))
+        [&l.coarse, &l.splice, &l.fg_vid, &l.fg_word, &l.fg_vid_ctx, &l.fg_word_ctx].map(|x| x.double_value(&[]))
     }
 
     #[test]
@@ -796,30 +670,13 @@ mod tests {
         // Captions of 3, 0 and 2 words: padding and a caption without words.
         for (seed, tau) in [(1u64, 1.0), (2, 0.5)] {
             let c = case(3, 4, &[3, 0, 2, 1], seed);
-            let weights = LossWeights {
-                tau,
-                splice: 0.7,
-                fg: 3.0,
-            };
+            let weights = LossWeights { tau, splice: 0.7, fg: 3.0 };
             let l = losses_of(&c, &c.v, &c.s, &c.w, &weights);
             let got = six(&l);
             let want = reference(&c, tau);
-            let names = [
-                "coarse",
-                "splice",
-                "fg_vid",
-                "fg_word",
-                "fg_vid_ctx",
-                "fg_word_ctx",
-            ];
+            let names = ["coarse", "splice", "fg_vid", "fg_word", "fg_vid_ctx", "fg_word_ctx"];
             for i in 0..6 {
-                assert!(
-                    (got[i] - want[i]).abs() < 1e-10,
-                    "{}: {} vs reference {}",
-                    names[i],
-                    got[i],
-                    want[i]
-                );
+                assert!((got[i] - want[i]).abs() < 1e-10, "{}: {} vs reference {}", names[i], got[i], want[i]);
             }
             let total = want[0] + 0.7 * want[1] + 3.0 * (want[2] + want[3] + want[4] + want[5]);
             assert!((l.total.double_value(&[]) - total).abs() < 1e-9);
@@ -834,12 +691,7 @@ mod tests {
         let got = six(&run(&c));
         let want = reference(&c, 1.0);
         for i in 0..6 {
-            assert!(
-                (got[i] - want[i]).abs() < 1e-10,
-                "term {i}: {} vs {}",
-                got[i],
-                want[i]
-            );
+            assert!((got[i] - want[i]).abs() < 1e-10, "term {i}: {} vs {}", got[i], want[i]);
         }
     }
 
@@ -853,66 +705,28 @@ mod tests {
         for (i, &g) in analytic.iter().enumerate() {
             let at = |delta: f64| {
                 let y = flat.copy();
-                let _ = y
-                    .get(i as i64)
-                    .fill_(flat.double_value(&[i as i64]) + delta);
+                let _ = y.get(i as i64).fill_(flat.double_value(&[i as i64]) + delta);
                 tch::no_grad(|| f(&y.reshape(x.size())).double_value(&[]))
             };
             let numeric = (at(h) - at(-h)) / (2.0 * h);
             let tol = 1e-6 + 1e-5 * numeric.abs();
-            assert!(
-                (numeric - g).abs() < tol,
-                "{what}: d/dx[{i}] autograd {g} vs finite difference {numeric}"
-            );
+            assert!((numeric - g).abs() < tol, "{what}: d/dx[{i}] autograd {g} vs finite difference {numeric}");
         }
-        assert!(
-            analytic.iter().any(|g| g.abs() > 1e-6),
-            "{what}: gradient is zero"
-        );
+        assert!(analytic.iter().any(|g| g.abs() > 1e-6), "{what}: gradient is zero");
     }
 
     #[test]
     fn gradients_match_finite_differences() {
         let c = case(3, 4, &[3, 2, 3], 11);
         let w8 = LossWeights::default();
-        check_gradient(
-            &c.v,
-            &|v| losses_of(&c, v, &c.s, &c.w, &w8).coarse,
-            "coarse wrt V",
-        );
-        check_gradient(
-            &c.s,
-            &|s| losses_of(&c, &c.v, s, &c.w, &w8).coarse,
-            "coarse wrt S",
-        );
-        check_gradient(
-            &c.v,
-            &|v| losses_of(&c, v, &c.s, &c.w, &w8).fg_vid_ctx,
-            "fg_vid_ctx wrt V",
-        );
-        check_gradient(
-            &c.w,
-            &|w| losses_of(&c, &c.v, &c.s, w, &w8).fg_vid_ctx,
-            "fg_vid_ctx wrt W",
-        );
-        check_gradient(
-            &c.v,
-            &|v| losses_of(&c, v, &c.s, &c.w, &w8).fg_word,
-            "fg_word wrt V",
-        );
-        check_gradient(
-            &c.w,
-            &|w| losses_of(&c, &c.v, &c.s, w, &w8).fg_word_ctx,
-            "fg_word_ctx wrt W",
-        );
+        check_gradient(&c.v, &|v| losses_of(&c, v, &c.s, &c.w, &w8).coarse, "coarse wrt V");
+        check_gradient(&c.s, &|s| losses_of(&c, &c.v, s, &c.w, &w8).coarse, "coarse wrt S");
+        check_gradient(&c.v, &|v| losses_of(&c, v, &c.s, &c.w, &w8).fg_vid_ctx, "fg_vid_ctx wrt V");
+        check_gradient(&c.w, &|w| losses_of(&c, &c.v, &c.s, w, &w8).fg_vid_ctx, "fg_vid_ctx wrt W");
+        check_gradient(&c.v, &|v| losses_of(&c, v, &c.s, &c.w, &w8).fg_word, "fg_word wrt V");
+        check_gradient(&c.w, &|w| losses_of(&c, &c.v, &c.s, w, &w8).fg_word_ctx, "fg_word_ctx wrt W");
         let splice = |vsp: &Tensor| {
-            let inputs = LossInputs {
-                v: &c.v,
-                s: &c.s,
-                w: &c.w,
-                word_mask: &c.mask,
-                v_spliced: vsp,
-            };
+            let inputs = LossInputs { v: &c.v, s: &c.s, w: &c.w, word_mask: &c.mask, v_spliced: vsp };
             locvtp_losses((&c.splice, &c.ctx), &inputs, &c.draws, &w8).splice
         };
         check_gradient(&c.vsp, &splice, "splice wrt V'");
@@ -926,13 +740,7 @@ mod tests {
         let extra = 2;
         // Garbage in the existing padding and in two more padding columns.
         let garbage = seeded(1, || Tensor::randn([b, n + extra, d], F64)) * 100.0;
-        let mask_wide = Tensor::cat(
-            &[
-                c.mask.shallow_clone(),
-                Tensor::zeros([b, extra], (Kind::Bool, Device::Cpu)),
-            ],
-            1,
-        );
+        let mask_wide = Tensor::cat(&[c.mask.shallow_clone(), Tensor::zeros([b, extra], (Kind::Bool, Device::Cpu))], 1);
         let w_wide = Tensor::cat(&[c.w.shallow_clone(), Tensor::zeros([b, extra, d], F64)], 1)
             .where_self(&mask_wide.unsqueeze(-1), &garbage);
         let pad_idx = |x: &Tensor, shape: Vec<i64>| {
@@ -947,46 +755,18 @@ mod tests {
             ctx_words: c.draws.ctx_words.copy(),
             ctx_clips: pad_idx(&c.draws.ctx_clips, vec![b, extra]),
         };
-        let inputs = LossInputs {
-            v: &c.v,
-            s: &c.s,
-            w: &w_wide,
-            word_mask: &mask_wide,
-            v_spliced: &c.vsp,
-        };
-        let wide = locvtp_losses(
-            (&c.splice, &c.ctx),
-            &inputs,
-            &draws,
-            &LossWeights::default(),
-        );
+        let inputs = LossInputs { v: &c.v, s: &c.s, w: &w_wide, word_mask: &mask_wide, v_spliced: &c.vsp };
+        let wide = locvtp_losses((&c.splice, &c.ctx), &inputs, &draws, &LossWeights::default());
         let (x, y) = (six(&base), six(&wide));
         for i in 0..6 {
-            assert!(
-                (x[i] - y[i]).abs() < 1e-12,
-                "term {i}: {} with padding garbage, {} without",
-                y[i],
-                x[i]
-            );
+            assert!((x[i] - y[i]).abs() < 1e-12, "term {i}: {} with padding garbage, {} without", y[i], x[i]);
         }
         // A is zero at padding, and positives never point at padding.
-        let pad = mask_wide
-            .logical_not()
-            .unsqueeze(1)
-            .expand([b, 3, n + extra], false);
-        assert_eq!(
-            wide.a.masked_select(&pad).abs().sum(None).double_value(&[]),
-            0.0
-        );
+        let pad = mask_wide.logical_not().unsqueeze(1).expand([b, 3, n + extra], false);
+        assert_eq!(wide.a.masked_select(&pad).abs().sum(None).double_value(&[]), 0.0);
         let lens = Tensor::from_slice(&c.lens).unsqueeze(1);
         let real = lens.gt(0).expand([b, 3], false);
-        assert!(bool::try_from(
-            wide.pos_words
-                .lt_tensor(&lens)
-                .logical_or(&real.logical_not())
-                .all()
-        )
-        .unwrap());
+        assert!(bool::try_from(wide.pos_words.lt_tensor(&lens).logical_or(&real.logical_not()).all()).unwrap());
         assert!(wide.pos_words.equal(&base.pos_words));
     }
 
@@ -1008,30 +788,19 @@ mod tests {
                 let d = Draws::sample(b, t, &lens, &mut ChaCha8Rng::seed_from_u64(seed));
                 let perm = i1(&d.perm);
                 if b > 1 {
-                    assert!(
-                        perm.iter().enumerate().all(|(i, &p)| p != i as i64),
-                        "fixed point in {perm:?}"
-                    );
+                    assert!(perm.iter().enumerate().all(|(i, &p)| p != i as i64), "fixed point in {perm:?}");
                 } else {
                     assert_eq!(perm, vec![0]);
                 }
                 let n = lens.iter().copied().max().unwrap().max(1);
                 d.check(b, t, n).unwrap();
-                let (nw, cw, nc, cc) = (
-                    i3(&d.neg_words),
-                    i2(&d.ctx_words),
-                    i3(&d.neg_clips),
-                    i2(&d.ctx_clips),
-                );
+                let (nw, cw, nc, cc) = (i3(&d.neg_words), i2(&d.ctx_words), i3(&d.neg_clips), i2(&d.ctx_clips));
                 for (bi, &len) in lens.iter().enumerate() {
                     let bound = len.max(1);
                     assert!(nw[bi].iter().flatten().all(|&x| x < bound));
                     assert!(cw[bi].iter().all(|&x| x < bound));
                     for j in len as usize..n as usize {
-                        assert!(
-                            nc[bi][j].iter().all(|&x| x == 0) && cc[bi][j] == 0,
-                            "padding draws must be 0"
-                        );
+                        assert!(nc[bi][j].iter().all(|&x| x == 0) && cc[bi][j] == 0, "padding draws must be 0");
                     }
                 }
             }
@@ -1062,22 +831,10 @@ mod tests {
         let bad: Vec<(String, Tensor)> = d
             .to_named_tensors()
             .into_iter()
-            .map(|(n, t)| {
-                if n == "draws.perm" {
-                    (n, Tensor::from_slice(&[0i64, 0, 1]))
-                } else {
-                    (n, t)
-                }
-            })
+            .map(|(n, t)| if n == "draws.perm" { (n, Tensor::from_slice(&[0i64, 0, 1])) } else { (n, t) })
             .collect();
-        assert!(Draws::from_named_tensors(&bad)
-            .unwrap_err()
-            .to_string()
-            .contains("permutation"));
-        assert!(Draws::from_named_tensors(&named[1..])
-            .unwrap_err()
-            .to_string()
-            .contains("draws.perm"));
+        assert!(Draws::from_named_tensors(&bad).unwrap_err().to_string().contains("permutation"));
+        assert!(Draws::from_named_tensors(&named[1..]).unwrap_err().to_string().contains("draws.perm"));
     }
 
     #[test]
@@ -1091,11 +848,7 @@ mod tests {
         d.perm = Tensor::from_slice(&[1i64, 2, 0]);
         d.cuts = Tensor::from_slice(&[0i64, 2, 3]);
         let out = splice_samples(&clips, &d);
-        let want: Vec<Vec<i64>> = vec![
-            vec![10, 11, 12, 13],
-            vec![10, 11, 22, 23],
-            vec![20, 21, 22, 3],
-        ];
+        let want: Vec<Vec<i64>> = vec![vec![10, 11, 12, 13], vec![10, 11, 22, 23], vec![20, 21, 22, 3]];
         assert_eq!(i2(&out.select(2, 1)), want);
         assert_eq!(out.size(), vec![3, 4, 2]);
     }
@@ -1116,10 +869,7 @@ mod tests {
             "fg_vid.logits",
             "fg.word_valid",
         ] {
-            assert!(
-                names.iter().any(|n| n == want),
-                "{want} missing from {names:?}"
-            );
+            assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("inspect.safetensors");
@@ -1134,14 +884,7 @@ mod tests {
     #[test]
     fn loss_weights_read_with_defaults_and_reject_unknown_keys() {
         let w: LossWeights = serde_json::from_str(r#"{"fg": 5.0}"#).unwrap();
-        assert_eq!(
-            w,
-            LossWeights {
-                tau: 1.0,
-                splice: 1.0,
-                fg: 5.0
-            }
-        );
+        assert_eq!(w, LossWeights { tau: 1.0, splice: 1.0, fg: 5.0 });
         assert!(serde_json::from_str::<LossWeights>(r#"{"fgpos": 1.0}"#).is_err());
     }
 }

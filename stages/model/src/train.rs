@@ -40,10 +40,7 @@ fn sorted_variables(model: &impl Parameters) -> Vec<(String, Tensor)> {
 
 /// Names of the trained variables in gradient-list order.
 pub fn parameter_names(model: &impl Parameters) -> Vec<String> {
-    sorted_variables(model)
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect()
+    sorted_variables(model).into_iter().map(|(n, _)| n).collect()
 }
 
 /// The training losses of one batch with dropout active; see
@@ -79,47 +76,21 @@ pub fn forward_losses_t(
     train: bool,
 ) -> LossTerms {
     let size = clips.size();
-    assert!(
-        size.len() == 6 && size[5] == 3,
-        "clips must be u8 [B, T, F, H, W, 3], got {size:?}"
-    );
-    assert_eq!(
-        clips.kind(),
-        Kind::Uint8,
-        "clips must stay u8 until the model's device"
-    );
+    assert!(size.len() == 6 && size[5] == 3, "clips must be u8 [B, T, F, H, W, 3], got {size:?}");
+    assert_eq!(clips.kind(), Kind::Uint8, "clips must stay u8 until the model's device");
     let (b, t) = (size[0], size[1]);
-    assert_eq!(
-        t, model.cfg.num_segments,
-        "the splice predictor was built for T = {}",
-        model.cfg.num_segments
-    );
+    assert_eq!(t, model.cfg.num_segments, "the splice predictor was built for T = {}", model.cfg.num_segments);
     assert_eq!(text.sentence.size()[0], b, "one caption per sample");
     let dev = model.device();
 
-    let segments = clips
-        .to_device(dev)
-        .reshape([b * t, size[2], size[3], size[4], 3]);
-    let fc6 = model
-        .c3d
-        .forward_fc6(&normalise_u8_clips(&segments))
-        .reshape([b, t, -1]);
+    let segments = clips.to_device(dev).reshape([b * t, size[2], size[3], size[4], 3]);
+    let fc6 = model.c3d.forward_fc6(&normalise_u8_clips(&segments)).reshape([b, t, -1]);
     let v = model.vid_proj.forward_t(&fc6, train);
-    let v_spliced = model
-        .vid_proj
-        .forward_t(&splice_samples(&fc6, draws), train);
-    let s = model
-        .text_proj
-        .forward_t(&text.sentence.to_device(dev), train);
+    let v_spliced = model.vid_proj.forward_t(&splice_samples(&fc6, draws), train);
+    let s = model.text_proj.forward_t(&text.sentence.to_device(dev), train);
     let w = model.text_proj.forward_t(&text.words.to_device(dev), train);
     let word_mask = text.word_mask.to_device(dev);
-    let inputs = LossInputs {
-        v: &v,
-        s: &s,
-        w: &w,
-        word_mask: &word_mask,
-        v_spliced: &v_spliced,
-    };
+    let inputs = LossInputs { v: &v, s: &s, w: &w, word_mask: &word_mask, v_spliced: &v_spliced };
     locvtp_losses((&model.splice, &model.context), &inputs, draws, weights)
 }
 
@@ -148,10 +119,7 @@ pub fn average_gradients(lists: &[Vec<Tensor>]) -> Vec<Tensor> {
     (0..lists[0].len())
         .map(|i| {
             let dev = lists[0][i].device();
-            let sum = lists
-                .iter()
-                .skip(1)
-                .fold(lists[0][i].copy(), |acc, l| acc + l[i].to_device(dev));
+            let sum = lists.iter().skip(1).fold(lists[0][i].copy(), |acc, l| acc + l[i].to_device(dev));
             sum / k
         })
         .collect()
@@ -164,18 +132,10 @@ pub fn set_gradients(model: &impl Parameters, grads: &[Tensor]) {
     // tch cannot assign `.grad` directly; a backward pass through
     // sum(var * 0) creates the missing gradient tensors, which are then
     // overwritten below.
-    let missing: Vec<&Tensor> = vars
-        .iter()
-        .map(|(_, v)| v)
-        .filter(|v| !v.grad().defined())
-        .collect();
+    let missing: Vec<&Tensor> = vars.iter().map(|(_, v)| v).filter(|v| !v.grad().defined()).collect();
     if !missing.is_empty() {
         tch::with_grad(|| {
-            let dummy = missing
-                .iter()
-                .map(|v| (*v * 0.0).sum(None))
-                .reduce(|a, b| a + b)
-                .expect("not empty");
+            let dummy = missing.iter().map(|v| (*v * 0.0).sum(None)).reduce(|a, b| a + b).expect("not empty");
             dummy.backward();
         });
     }
@@ -207,11 +167,7 @@ pub struct AdamConfig {
 
 impl Default for AdamConfig {
     fn default() -> Self {
-        AdamConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-        }
+        AdamConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8 }
     }
 }
 
@@ -260,8 +216,7 @@ impl Adam {
     pub fn step(&mut self, model: &impl Parameters, lr: f64) {
         let vars = sorted_variables(model);
         assert!(
-            vars.len() == self.names.len()
-                && vars.iter().zip(&self.names).all(|((n, _), m)| n == m),
+            vars.len() == self.names.len() && vars.iter().zip(&self.names).all(|((n, _), m)| n == m),
             "the optimiser was built for other variables"
         );
         self.step += 1;
@@ -289,14 +244,8 @@ impl Adam {
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::with_capacity(2 * self.names.len() + 1);
         for (i, name) in self.names.iter().enumerate() {
-            out.push((
-                format!("optimizer.{name}.exp_avg"),
-                self.exp_avg[i].shallow_clone(),
-            ));
-            out.push((
-                format!("optimizer.{name}.exp_avg_sq"),
-                self.exp_avg_sq[i].shallow_clone(),
-            ));
+            out.push((format!("optimizer.{name}.exp_avg"), self.exp_avg[i].shallow_clone()));
+            out.push((format!("optimizer.{name}.exp_avg_sq"), self.exp_avg_sq[i].shallow_clone()));
         }
         out.push(("optimizer.step".to_string(), Tensor::from(self.step)));
         out
@@ -304,34 +253,18 @@ impl Adam {
 
     /// Restores the state written by [`Adam::named_tensors`] for `model`'s
     /// variables; other names are ignored.
-    pub fn from_named_tensors(
-        model: &impl Parameters,
-        cfg: AdamConfig,
-        tensors: &[(String, Tensor)],
-    ) -> Result<Adam> {
-        let by_name: HashMap<&str, &Tensor> =
-            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    pub fn from_named_tensors(model: &impl Parameters, cfg: AdamConfig, tensors: &[(String, Tensor)]) -> Result<Adam> {
+        let by_name: HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let mut adam = Adam::with_config(model, cfg);
-        let step = by_name
-            .get("optimizer.step")
-            .context("optimizer.step missing")?;
+        let step = by_name.get("optimizer.step").context("optimizer.step missing")?;
         adam.step = step.int64_value(&[]);
         let vars = sorted_variables(model);
         for (i, (name, var)) in vars.iter().enumerate() {
-            for (suffix, dst) in [
-                ("exp_avg", &mut adam.exp_avg[i]),
-                ("exp_avg_sq", &mut adam.exp_avg_sq[i]),
-            ] {
+            for (suffix, dst) in [("exp_avg", &mut adam.exp_avg[i]), ("exp_avg_sq", &mut adam.exp_avg_sq[i])] {
                 let key = format!("optimizer.{name}.{suffix}");
-                let src = by_name
-                    .get(key.as_str())
-                    .with_context(|| format!("{key} missing"))?;
+                let src = by_name.get(key.as_str()).with_context(|| format!("{key} missing"))?;
                 if src.size() != var.size() {
-                    bail!(
-                        "{key} has shape {:?}, the variable {:?}",
-                        src.size(),
-                        var.size()
-                    );
+                    bail!("{key} has shape {:?}, the variable {:?}", src.size(), var.size());
                 }
                 *dst = src.to_kind(var.kind()).to_device(var.device()).copy();
             }
@@ -352,11 +285,7 @@ pub struct MultiStepLr {
 
 impl Default for MultiStepLr {
     fn default() -> Self {
-        MultiStepLr {
-            lr: 0.001,
-            milestones: vec![20, 40],
-            gamma: 0.1,
-        }
+        MultiStepLr { lr: 0.001, milestones: vec![20, 40], gamma: 0.1 }
     }
 }
 
@@ -388,12 +317,7 @@ const RESERVED: [&str; 6] = ["format", "epoch", "step", "seed", "model_config", 
 /// Writes weights, optimiser state and `meta` to one safetensors file,
 /// atomically. Its weights load like any model checkpoint
 /// ([`checkpoint::load_weights`] skips the `optimizer.` tensors).
-pub fn save_training_checkpoint(
-    path: &Path,
-    model: &LocVtp,
-    adam: &Adam,
-    meta: &TrainMeta,
-) -> Result<()> {
+pub fn save_training_checkpoint(path: &Path, model: &LocVtp, adam: &Adam, meta: &TrainMeta) -> Result<()> {
     let mut metadata = BTreeMap::new();
     for (k, v) in &meta.extra {
         if RESERVED.contains(&k.as_str()) {
@@ -416,17 +340,9 @@ pub fn save_training_checkpoint(
 /// model must have been built with the checkpoint's model configuration.
 pub fn load_training_checkpoint(path: &Path, model: &mut LocVtp) -> Result<(Adam, TrainMeta)> {
     let (tensors, metadata) = checkpoint::read_safetensors(path)?;
-    let get = |k: &str| {
-        metadata
-            .get(k)
-            .with_context(|| format!("{}: metadata {k} missing", path.display()))
-    };
+    let get = |k: &str| metadata.get(k).with_context(|| format!("{}: metadata {k} missing", path.display()));
     if get("format")? != FORMAT {
-        bail!(
-            "{}: not a training checkpoint (format {:?})",
-            path.display(),
-            get("format")?
-        );
+        bail!("{}: not a training checkpoint (format {:?})", path.display(), get("format")?);
     }
     let cfg: ModelConfig = serde_json::from_str(get("model_config")?)?;
     if cfg != model.cfg {
@@ -439,21 +355,14 @@ pub fn load_training_checkpoint(path: &Path, model: &mut LocVtp) -> Result<(Adam
     }
     checkpoint::load_weights(&mut model.vs, path)?;
     let adam_cfg: AdamConfig = serde_json::from_str(get("adam")?)?;
-    let adam = Adam::from_named_tensors(&*model, adam_cfg, &tensors)
-        .with_context(|| path.display().to_string())?;
-    let parse = |k: &str| -> Result<i64> {
-        get(k)?
-            .parse()
-            .with_context(|| format!("{}: metadata {k}", path.display()))
-    };
+    let adam = Adam::from_named_tensors(&*model, adam_cfg, &tensors).with_context(|| path.display().to_string())?;
+    let parse =
+        |k: &str| -> Result<i64> { get(k)?.parse().with_context(|| format!("{}: metadata {k}", path.display())) };
     let meta = TrainMeta {
         epoch: parse("epoch")?,
         step: parse("step")?,
         seed: get("seed")?.parse()?,
-        extra: metadata
-            .into_iter()
-            .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
-            .collect(),
+        extra: metadata.into_iter().filter(|(k, _)| !RESERVED.contains(&k.as_str())).collect(),
     };
     Ok((adam, meta))
 }
@@ -471,12 +380,7 @@ mod tests {
     /// global generator while another initialises a model.
     fn tiny() -> ModelConfig {
         ModelConfig {
-            c3d: C3dConfig {
-                channels: [2, 4, 4, 8, 8],
-                fc_dim: 16,
-                num_classes: 5,
-                ..C3dConfig::default()
-            },
+            c3d: C3dConfig { channels: [2, 4, 4, 8, 8], fc_dim: 16, num_classes: 5, ..C3dConfig::default() },
             projection_dim: 8,
             text_dim: 12,
             num_segments: 3,
@@ -496,23 +400,14 @@ mod tests {
         let (b, t, n, h) = (3, 3, 4, 12);
         let (clips, sentence, words) = seeded(seed, || {
             (
-                Tensor::randint(256, [b, t, 16, 112, 112, 3], (Kind::Int64, Device::Cpu))
-                    .to_kind(Kind::Uint8),
+                Tensor::randint(256, [b, t, 16, 112, 112, 3], (Kind::Int64, Device::Cpu)).to_kind(Kind::Uint8),
                 Tensor::randn([b, h], (Kind::Float, Device::Cpu)),
                 Tensor::randn([b, n, h], (Kind::Float, Device::Cpu)),
             )
         });
-        let mask_rows: Vec<bool> = lens
-            .iter()
-            .flat_map(|&l| (0..n).map(move |j| j < l))
-            .collect();
+        let mask_rows: Vec<bool> = lens.iter().flat_map(|&l| (0..n).map(move |j| j < l)).collect();
         let word_mask = Tensor::from_slice(&mask_rows).reshape([b, n]);
-        let text = TextBatch {
-            sentence,
-            words,
-            word_mask,
-            word_lens: lens.to_vec(),
-        };
+        let text = TextBatch { sentence, words, word_mask, word_lens: lens.to_vec() };
         let draws = Draws::sample(b, t, &lens, &mut ChaCha8Rng::seed_from_u64(seed as u64));
         Batch { clips, text, draws }
     }
@@ -540,20 +435,14 @@ mod tests {
         let before = train_step(&model, &mut adam, &x, 1e-5);
         let after_small = current(&model);
         assert!(before.is_finite());
-        assert!(
-            after_small < before,
-            "{after_small} after a small step, {before} before"
-        );
+        assert!(after_small < before, "{after_small} after a small step, {before} before");
         // At the released rate the arg-max positives can switch between
         // steps, so the loss need not fall every step, but it does over a few.
         for _ in 0..3 {
             train_step(&model, &mut adam, &x, 1e-3);
         }
         let after = current(&model);
-        assert!(
-            after < after_small - 1.0,
-            "{after} after four steps, {before} before"
-        );
+        assert!(after < after_small - 1.0, "{after} after four steps, {before} before");
         assert_eq!(adam.steps(), 4);
     }
 
@@ -565,15 +454,9 @@ mod tests {
         tch::no_grad(|| {
             let flat = |c: &Tensor| normalise_u8_clips(&c.reshape([b * t, 16, 112, 112, 3]));
             let (fc6, _) = model.encode_clips(&flat(&x.clips), false);
-            let via_features = model
-                .vid_proj
-                .forward_t(&splice_samples(&fc6.reshape([b, t, -1]), &x.draws), false);
-            let (_, via_clips) =
-                model.encode_clips(&flat(&splice_samples(&x.clips, &x.draws)), false);
-            let diff = (via_features - via_clips.reshape([b, t, -1]))
-                .abs()
-                .max()
-                .double_value(&[]);
+            let via_features = model.vid_proj.forward_t(&splice_samples(&fc6.reshape([b, t, -1]), &x.draws), false);
+            let (_, via_clips) = model.encode_clips(&flat(&splice_samples(&x.clips, &x.draws)), false);
+            let diff = (via_features - via_clips.reshape([b, t, -1])).abs().max().double_value(&[]);
             assert!(diff < 1e-5, "max difference {diff}");
         });
     }
@@ -582,12 +465,8 @@ mod tests {
     fn toy() -> (nn::VarStore, Tensor, Tensor) {
         let mut vs = nn::VarStore::new(Device::Cpu);
         vs.set_kind(Kind::Double);
-        let w = vs
-            .root()
-            .var_copy("w", &Tensor::from_slice(&[0.5f64, -1.0, 2.0]));
-        let u = vs
-            .root()
-            .var_copy("u", &Tensor::from_slice(&[3.0f64, -4.0]));
+        let w = vs.root().var_copy("w", &Tensor::from_slice(&[0.5f64, -1.0, 2.0]));
+        let u = vs.root().var_copy("u", &Tensor::from_slice(&[3.0f64, -4.0]));
         (vs, w, u)
     }
 
@@ -617,12 +496,7 @@ mod tests {
             }
             let got = Vec::<f64>::try_from(&w).unwrap();
             for j in 0..3 {
-                assert!(
-                    (got[j] - p[j]).abs() < 1e-14,
-                    "step {step}, w[{j}]: {} vs {}",
-                    got[j],
-                    p[j]
-                );
+                assert!((got[j] - p[j]).abs() < 1e-14, "step {step}, w[{j}]: {} vs {}", got[j], p[j]);
             }
         }
         assert_eq!(Vec::<f64>::try_from(&u).unwrap(), vec![3.0, -4.0]);
@@ -631,16 +505,11 @@ mod tests {
     #[test]
     fn gradients_round_trip_and_average_across_workers() {
         let (vs, w, _u) = toy();
-        (&w * Tensor::from_slice(&[1.0f64, 2.0, 3.0]))
-            .sum(None)
-            .backward();
+        (&w * Tensor::from_slice(&[1.0f64, 2.0, 3.0])).sum(None).backward();
         let mine = gradients(&vs);
         assert_eq!(parameter_names(&vs), vec!["u".to_string(), "w".to_string()]);
         assert_eq!(Vec::<f64>::try_from(&mine[0]).unwrap(), vec![0.0, 0.0]);
-        let theirs = vec![
-            Tensor::from_slice(&[2.0f64, 4.0]),
-            Tensor::from_slice(&[3.0f64, 0.0, -1.0]),
-        ];
+        let theirs = vec![Tensor::from_slice(&[2.0f64, 4.0]), Tensor::from_slice(&[3.0f64, 0.0, -1.0])];
         let avg = average_gradients(&[mine, theirs]);
         set_gradients(&vs, &avg);
         let now = gradients(&vs);
@@ -650,35 +519,24 @@ mod tests {
 
     #[test]
     fn replicas_with_averaged_gradients_stay_identical() {
-        let (a, b) = (
-            LocVtp::new(&tiny(), Device::Cpu, 6),
-            LocVtp::new(&tiny(), Device::Cpu, 6),
-        );
+        let (a, b) = (LocVtp::new(&tiny(), Device::Cpu, 6), LocVtp::new(&tiny(), Device::Cpu, 6));
         let (mut adam_a, mut adam_b) = (Adam::new(&a), Adam::new(&b));
         let (xa, xb) = (batch(7), batch(8));
         loss(&a, &xa).total.backward();
         loss(&b, &xb).total.backward();
         let (ga, gb) = (gradients(&a), gradients(&b));
-        assert!(
-            ga.iter().zip(&gb).any(|(x, y)| !x.equal(y)),
-            "different batches, different gradients"
-        );
+        assert!(ga.iter().zip(&gb).any(|(x, y)| !x.equal(y)), "different batches, different gradients");
         let avg = average_gradients(&[ga, gb]);
         set_gradients(&a, &avg);
         set_gradients(&b, &avg);
         adam_a.step(&a, 1e-3);
         adam_b.step(&b, 1e-3);
         for (name, va) in a.vs.variables() {
-            assert!(
-                va.equal(&b.vs.variables()[&name]),
-                "{name} differs between replicas"
-            );
+            assert!(va.equal(&b.vs.variables()[&name]), "{name} differs between replicas");
         }
         // fc7 is never reached by the loss: zero gradient, zero update.
         let fc7 = "videoEncoder.embednet.fc7.weight";
-        assert!(
-            a.vs.variables()[fc7].equal(&LocVtp::new(&tiny(), Device::Cpu, 6).vs.variables()[fc7])
-        );
+        assert!(a.vs.variables()[fc7].equal(&LocVtp::new(&tiny(), Device::Cpu, 6).vs.variables()[fc7]));
     }
 
     #[test]
@@ -705,32 +563,20 @@ mod tests {
         train_step(&a, &mut adam_a, &x, 1e-3);
         train_step(&b, &mut adam_b, &x, 1e-3);
         for (name, va) in a.vs.variables() {
-            assert!(
-                va.equal(&b.vs.variables()[&name]),
-                "{name} differs after the resumed step"
-            );
+            assert!(va.equal(&b.vs.variables()[&name]), "{name} differs after the resumed step");
         }
-        for ((na, ta), (nb, tb)) in adam_a
-            .named_tensors()
-            .iter()
-            .zip(adam_b.named_tensors().iter())
-        {
+        for ((na, ta), (nb, tb)) in adam_a.named_tensors().iter().zip(adam_b.named_tensors().iter()) {
             assert_eq!(na, nb);
             assert!(ta.equal(tb), "{na} differs");
         }
 
         // The same file also loads as plain weights, and not into another width.
         let mut c = LocVtp::new(&tiny(), Device::Cpu, 5);
-        assert!(checkpoint::load_weights(&mut c.vs, &path)
-            .unwrap()
-            .unexpected
-            .is_empty());
+        assert!(checkpoint::load_weights(&mut c.vs, &path).unwrap().unexpected.is_empty());
         let mut wide_cfg = tiny();
         wide_cfg.projection_dim = 4;
         let mut wide = LocVtp::new(&wide_cfg, Device::Cpu, 5);
-        let err = load_training_checkpoint(&path, &mut wide)
-            .unwrap_err()
-            .to_string();
+        let err = load_training_checkpoint(&path, &mut wide).unwrap_err().to_string();
         assert!(err.contains("model config"), "{err}");
     }
 
@@ -750,10 +596,7 @@ mod tests {
         eprintln!("cpu {:?}\ngpu {:?}", lc.values(), lg.values());
         for ((name, a), (_, b)) in lc.values().iter().zip(lg.values()) {
             // cuDNN may run the convolutions in TF32.
-            assert!(
-                (a - b).abs() <= 1e-2 * a.abs().max(1e-3),
-                "{name}: cpu {a}, gpu {b}"
-            );
+            assert!((a - b).abs() <= 1e-2 * a.abs().max(1e-3), "{name}: cpu {a}, gpu {b}");
         }
         lc.total.backward();
         lg.total.backward();
@@ -761,12 +604,7 @@ mod tests {
         // cancellation) are ill-conditioned under TF32; the whole gradient
         // vector is not.
         let flat = |gs: Vec<Tensor>| {
-            Tensor::cat(
-                &gs.iter()
-                    .map(|g| g.to_device(Device::Cpu).reshape([-1]))
-                    .collect::<Vec<_>>(),
-                0,
-            )
+            Tensor::cat(&gs.iter().map(|g| g.to_device(Device::Cpu).reshape([-1])).collect::<Vec<_>>(), 0)
         };
         let (gc, gg) = (flat(gradients(&cpu)), flat(gradients(&gpu)));
         let d = (&gc - &gg).norm().double_value(&[]) / gc.norm().double_value(&[]);
@@ -780,10 +618,7 @@ mod tests {
         let (adam_back, _) = load_training_checkpoint(&path, &mut back).unwrap();
         assert_eq!(adam_back.steps(), 1);
         for (name, v) in gpu.vs.variables() {
-            assert!(
-                v.to_device(Device::Cpu).equal(&back.vs.variables()[&name]),
-                "{name}"
-            );
+            assert!(v.to_device(Device::Cpu).equal(&back.vs.variables()[&name]), "{name}");
         }
     }
 

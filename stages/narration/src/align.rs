@@ -47,12 +47,7 @@ pub struct AlignConfig {
 
 impl Default for AlignConfig {
     fn default() -> Self {
-        Self {
-            min_seconds: 4.0,
-            max_seconds: 16.0,
-            max_words: 32,
-            min_clip_seconds: 1.0,
-        }
+        Self { min_seconds: 4.0, max_seconds: 16.0, max_words: 32, min_clip_seconds: 1.0 }
     }
 }
 
@@ -78,9 +73,7 @@ impl AlignConfig {
             )));
         }
         if self.max_words == 0 {
-            return Err(NarrationError::Config(
-                "max_words must be at least 1".into(),
-            ));
+            return Err(NarrationError::Config("max_words must be at least 1".into()));
         }
         Ok(())
     }
@@ -221,28 +214,15 @@ pub fn clamp_to_video(clips: Vec<CaptionClip>, duration_s: f64, config: &AlignCo
         }
         let start_s = clip.start_s.max(0.0);
         let end_s = clip.end_s.min(duration_s);
-        let words = clip
-            .words
-            .into_iter()
-            .filter(|w| w.start >= start_s && w.start < end_s)
-            .collect();
-        out.kept.push(CaptionClip {
-            start_s,
-            end_s,
-            words,
-            ..clip
-        });
+        let words = clip.words.into_iter().filter(|w| w.start >= start_s && w.start < end_s).collect();
+        out.kept.push(CaptionClip { start_s, end_s, words, ..clip });
     }
     out
 }
 
 /// Merges a video's cues and fits them to its duration in one step.
 pub fn align_video(video: &VideoCues, duration_s: f64, config: &AlignConfig) -> Clamped {
-    clamp_to_video(
-        merge_cues(&video.video_id, &video.cues, config),
-        duration_s,
-        config,
-    )
+    clamp_to_video(merge_cues(&video.video_id, &video.cues, config), duration_s, config)
 }
 
 #[cfg(test)]
@@ -250,12 +230,7 @@ mod tests {
     use super::*;
 
     fn cue(start: f64, end: f64, text: &str) -> Cue {
-        Cue {
-            start,
-            end,
-            text: text.into(),
-            words: Vec::new(),
-        }
+        Cue { start, end, text: text.into(), words: Vec::new() }
     }
 
     fn spans(clips: &[CaptionClip]) -> Vec<(f64, f64)> {
@@ -263,24 +238,12 @@ mod tests {
     }
 
     fn clip(start: f64, end: f64, text: &str) -> CaptionClip {
-        CaptionClip {
-            video_id: "v".into(),
-            start_s: start,
-            end_s: end,
-            text: text.into(),
-            words: Vec::new(),
-        }
+        CaptionClip { video_id: "v".into(), start_s: start, end_s: end, text: text.into(), words: Vec::new() }
     }
 
     #[test]
     fn merges_until_min_seconds_in_start_order() {
-        let cues = [
-            cue(3.0, 4.5, "c"),
-            cue(0.0, 1.5, "a"),
-            cue(1.5, 3.0, "b"),
-            cue(4.5, 6.0, "d"),
-            cue(6.0, 7.0, "e"),
-        ];
+        let cues = [cue(3.0, 4.5, "c"), cue(0.0, 1.5, "a"), cue(1.5, 3.0, "b"), cue(4.5, 6.0, "d"), cue(6.0, 7.0, "e")];
         let clips = merge_cues("v", &cues, &AlignConfig::default());
         assert_eq!(spans(&clips), [(0.0, 4.5), (4.5, 7.0)]);
         assert_eq!(clips[0].text, "a b c");
@@ -290,10 +253,7 @@ mod tests {
 
     #[test]
     fn merging_stops_at_max_words() {
-        let config = AlignConfig {
-            max_words: 5,
-            ..AlignConfig::default()
-        };
+        let config = AlignConfig { max_words: 5, ..AlignConfig::default() };
         let cues = [
             cue(0.0, 1.0, "one two three"),
             cue(1.0, 2.0, "four five"),
@@ -302,22 +262,12 @@ mod tests {
         ];
         let clips = merge_cues("v", &cues, &config);
         let texts: Vec<&str> = clips.iter().map(|c| c.text.as_str()).collect();
-        assert_eq!(
-            texts,
-            [
-                "one two three four five",
-                "six",
-                "seven eight nine ten eleven twelve"
-            ]
-        );
+        assert_eq!(texts, ["one two three four five", "six", "seven eight nine ten eleven twelve"]);
     }
 
     #[test]
     fn merging_stops_at_max_seconds() {
-        let config = AlignConfig {
-            max_seconds: 6.0,
-            ..AlignConfig::default()
-        };
+        let config = AlignConfig { max_seconds: 6.0, ..AlignConfig::default() };
         let cues = [cue(0.0, 1.0, "a"), cue(5.5, 6.0, "b"), cue(6.5, 7.0, "c")];
         let clips = merge_cues("v", &cues, &config);
         assert_eq!(spans(&clips), [(0.0, 6.0), (6.5, 7.0)]);
@@ -344,16 +294,7 @@ mod tests {
     fn clamping_and_drop_reasons() {
         let config = AlignConfig::default();
         let mut timed = clip(-2.0, 3.0, "starts before");
-        timed.words = vec![
-            Word {
-                start: -1.0,
-                text: "starts".into(),
-            },
-            Word {
-                start: 0.5,
-                text: "before".into(),
-            },
-        ];
+        timed.words = vec![Word { start: -1.0, text: "starts".into() }, Word { start: 0.5, text: "before".into() }];
         let clips = vec![
             timed,
             clip(8.0, 12.0, "runs past the end"),
@@ -366,11 +307,7 @@ mod tests {
         assert_eq!(spans(&out.kept), [(0.0, 3.0), (8.0, 10.0)]);
         let words: Vec<&str> = out.kept[0].words.iter().map(|w| w.text.as_str()).collect();
         assert_eq!(words, ["before"]);
-        let reasons: Vec<(&str, DropReason)> = out
-            .dropped
-            .iter()
-            .map(|d| (d.clip.text.as_str(), d.reason))
-            .collect();
+        let reasons: Vec<(&str, DropReason)> = out.dropped.iter().map(|d| (d.clip.text.as_str(), d.reason)).collect();
         assert_eq!(
             reasons,
             [
@@ -414,13 +351,7 @@ mod tests {
     #[test]
     fn config_deserialises_with_defaults_and_rejects_unknown_fields() {
         let config: AlignConfig = serde_json::from_str(r#"{"max_words": 20}"#).unwrap();
-        assert_eq!(
-            config,
-            AlignConfig {
-                max_words: 20,
-                ..AlignConfig::default()
-            }
-        );
+        assert_eq!(config, AlignConfig { max_words: 20, ..AlignConfig::default() });
         let error = serde_json::from_str::<AlignConfig>(r#"{"max_word": 20}"#).unwrap_err();
         assert!(error.to_string().contains("unknown field"), "{error}");
         assert_eq!(AlignConfig::default().min_seconds, 4.0);
@@ -430,28 +361,13 @@ mod tests {
     fn config_validation() {
         assert!(AlignConfig::default().validate().is_ok());
         let bad = [
-            AlignConfig {
-                max_seconds: 3.0,
-                ..AlignConfig::default()
-            },
-            AlignConfig {
-                max_words: 0,
-                ..AlignConfig::default()
-            },
-            AlignConfig {
-                min_seconds: f64::NAN,
-                ..AlignConfig::default()
-            },
-            AlignConfig {
-                min_clip_seconds: 20.0,
-                ..AlignConfig::default()
-            },
+            AlignConfig { max_seconds: 3.0, ..AlignConfig::default() },
+            AlignConfig { max_words: 0, ..AlignConfig::default() },
+            AlignConfig { min_seconds: f64::NAN, ..AlignConfig::default() },
+            AlignConfig { min_clip_seconds: 20.0, ..AlignConfig::default() },
         ];
         for config in bad {
-            assert!(
-                matches!(config.validate(), Err(NarrationError::Config(_))),
-                "{config:?} should be rejected"
-            );
+            assert!(matches!(config.validate(), Err(NarrationError::Config(_))), "{config:?} should be rejected");
         }
     }
 }

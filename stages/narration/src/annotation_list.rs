@@ -51,33 +51,24 @@ impl AnnotatedClip {
 }
 
 fn number(token: &str, name: &str, at: &Location) -> Result<f64, NarrationError> {
-    let value: f64 = token.parse().map_err(|_| {
-        NarrationError::malformed(at.clone(), format!("{name} {token:?} is not a number"))
-    })?;
+    let value: f64 = token
+        .parse()
+        .map_err(|_| NarrationError::malformed(at.clone(), format!("{name} {token:?} is not a number")))?;
     if !value.is_finite() || value < 0.0 {
-        return Err(NarrationError::InvalidTime {
-            at: at.clone(),
-            value,
-        });
+        return Err(NarrationError::InvalidTime { at: at.clone(), value });
     }
     Ok(value)
 }
 
 fn parse_line(line: &str, at: &Location) -> Result<AnnotatedClip, NarrationError> {
-    let (fields, caption) = line.split_once('#').ok_or_else(|| {
-        NarrationError::malformed(
-            at.clone(),
-            "expected `video_id start end fps duration # caption`",
-        )
-    })?;
+    let (fields, caption) = line
+        .split_once('#')
+        .ok_or_else(|| NarrationError::malformed(at.clone(), "expected `video_id start end fps duration # caption`"))?;
     let fields: Vec<&str> = fields.split_whitespace().collect();
     let [video_id, start, end, fps, duration] = fields.as_slice() else {
         return Err(NarrationError::malformed(
             at.clone(),
-            format!(
-                "expected 5 fields before `#` (video_id start end fps duration), found {}",
-                fields.len()
-            ),
+            format!("expected 5 fields before `#` (video_id start end fps duration), found {}", fields.len()),
         ));
     };
     let start_s = number(start, "start", at)?;
@@ -85,11 +76,7 @@ fn parse_line(line: &str, at: &Location) -> Result<AnnotatedClip, NarrationError
     let fps = number(fps, "fps", at)?;
     let duration_s = number(duration, "duration", at)?;
     if end_s < start_s {
-        return Err(NarrationError::InvertedTime {
-            at: at.clone(),
-            start: start_s,
-            end: end_s,
-        });
+        return Err(NarrationError::InvertedTime { at: at.clone(), start: start_s, end: end_s });
     }
     if fps == 0.0 {
         return Err(NarrationError::malformed(at.clone(), "fps is 0"));
@@ -148,23 +135,13 @@ xyz 0 2.5 25 60 #no space\r\n";
         assert_eq!(parsed.items.len(), 2);
         let first = &parsed.items[0];
         assert_eq!(first.video_id, "nVbIUDjzWY4");
-        assert_eq!(
-            (first.start_s, first.end_s, first.fps, first.duration_s),
-            (1.2, 7.3, 29.97, 312.5)
-        );
+        assert_eq!((first.start_s, first.end_s, first.fps, first.duration_s), (1.2, 7.3, 29.97, 312.5));
         assert_eq!(first.caption, "so today we are # going to make");
         assert_eq!(parsed.items[1].caption, "no space");
 
-        let lines: Vec<Option<usize>> = parsed
-            .errors
-            .iter()
-            .map(|e| e.location().unwrap().line)
-            .collect();
+        let lines: Vec<Option<usize>> = parsed.errors.iter().map(|e| e.location().unwrap().line).collect();
         assert_eq!(lines, [Some(4), Some(5), Some(6), Some(7), Some(8)]);
-        assert!(matches!(
-            parsed.errors[0],
-            NarrationError::InvertedTime { .. }
-        ));
+        assert!(matches!(parsed.errors[0], NarrationError::InvertedTime { .. }));
         assert!(parsed.errors[1].to_string().contains("found 4"));
     }
 
@@ -181,13 +158,7 @@ xyz 0 2.5 25 60 #no space\r\n";
         let line = clip.to_line();
         assert_eq!(line, "v1 0.1 4.25 30 100 # two lines here");
         let parsed = parse_str(&line, Path::new("l"));
-        assert_eq!(
-            parsed.items,
-            [AnnotatedClip {
-                caption: "two lines here".into(),
-                ..clip.clone()
-            }]
-        );
+        assert_eq!(parsed.items, [AnnotatedClip { caption: "two lines here".into(), ..clip.clone() }]);
         let caption_clip = clip.to_caption_clip();
         assert_eq!((caption_clip.start_s, caption_clip.end_s), (0.1, 4.25));
     }
@@ -199,9 +170,6 @@ xyz 0 2.5 25 60 #no space\r\n";
         std::fs::write(&path, b"v 0 1 30 5 # jalape\xF1o\n").unwrap();
         let parsed = read_file(&path).unwrap();
         assert_eq!(parsed.items[0].caption, "jalapeño");
-        assert!(matches!(
-            parsed.warnings.as_slice(),
-            [Warning::DecodedAsWindows1252 { .. }]
-        ));
+        assert!(matches!(parsed.warnings.as_slice(), [Warning::DecodedAsWindows1252 { .. }]));
     }
 }

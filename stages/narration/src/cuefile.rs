@@ -42,11 +42,9 @@ fn is_index(line: &str) -> bool {
 }
 
 fn is_webvtt_metadata_block(first: &str) -> bool {
-    ["NOTE", "STYLE", "REGION"].iter().any(|keyword| {
-        first
-            .strip_prefix(keyword)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
-    })
+    ["NOTE", "STYLE", "REGION"]
+        .iter()
+        .any(|keyword| first.strip_prefix(keyword).is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t'])))
 }
 
 fn time_error(error: TimeError, at: Location) -> NarrationError {
@@ -59,9 +57,8 @@ fn time_error(error: TimeError, at: Location) -> NarrationError {
 /// Reads `start --> end [settings]`; cue settings after the end time are
 /// ignored (they only position text on screen).
 pub(crate) fn parse_timing(line: &str, at: Location) -> Result<(f64, f64), NarrationError> {
-    let (left, right) = line
-        .split_once("-->")
-        .ok_or_else(|| NarrationError::malformed(at.clone(), "expected `start --> end`"))?;
+    let (left, right) =
+        line.split_once("-->").ok_or_else(|| NarrationError::malformed(at.clone(), "expected `start --> end`"))?;
     let start = parse_timestamp(left).map_err(|e| time_error(e, at.clone()))?;
     let end_text = right.split_whitespace().next().unwrap_or("");
     let end = parse_timestamp(end_text).map_err(|e| time_error(e, at.clone()))?;
@@ -92,9 +89,7 @@ impl Splitter<'_> {
         let target = match self.flavor {
             // Only the editor-stripped YouTube case: a cue with no payload at
             // all, followed at once by its text.
-            Flavor::WebVtt => self
-                .open_cue
-                .filter(|&i| directly_after_cue && self.cues[i].payload.is_empty()),
+            Flavor::WebVtt => self.open_cue.filter(|&i| directly_after_cue && self.cues[i].payload.is_empty()),
             Flavor::Srt => {
                 if is_index(first) && lines.len() > 1 {
                     self.errors.push(NarrationError::malformed(
@@ -108,9 +103,7 @@ impl Splitter<'_> {
             }
         };
         match target {
-            Some(i) => self.cues[i]
-                .payload
-                .extend(lines.iter().map(|(_, l)| (*l).to_owned())),
+            Some(i) => self.cues[i].payload.extend(lines.iter().map(|(_, l)| (*l).to_owned())),
             None => {
                 self.errors.push(NarrationError::malformed(
                     self.at(first_no),
@@ -126,12 +119,8 @@ impl Splitter<'_> {
             self.open_cue = None;
             return;
         }
-        let arrows: Vec<usize> = block
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, l))| l.contains("-->"))
-            .map(|(i, _)| i)
-            .collect();
+        let arrows: Vec<usize> =
+            block.iter().enumerate().filter(|(_, (_, l))| l.contains("-->")).map(|(i, _)| i).collect();
         let Some(&first_arrow) = arrows.first() else {
             self.orphan_text(block, directly_after_cue);
             return;
@@ -154,10 +143,7 @@ impl Splitter<'_> {
                         line: line_no,
                         start,
                         end: stop,
-                        payload: block[arrow + 1..end]
-                            .iter()
-                            .map(|(_, l)| (*l).to_owned())
-                            .collect(),
+                        payload: block[arrow + 1..end].iter().map(|(_, l)| (*l).to_owned()).collect(),
                     });
                     self.open_cue = Some(self.cues.len() - 1);
                 }
@@ -171,18 +157,8 @@ impl Splitter<'_> {
 }
 
 /// Splits numbered body lines into cues.
-pub(crate) fn split_cues(
-    lines: &[(usize, &str)],
-    flavor: Flavor,
-    file: &Path,
-) -> (Vec<RawCue>, Vec<NarrationError>) {
-    let mut splitter = Splitter {
-        file,
-        flavor,
-        cues: Vec::new(),
-        errors: Vec::new(),
-        open_cue: None,
-    };
+pub(crate) fn split_cues(lines: &[(usize, &str)], flavor: Flavor, file: &Path) -> (Vec<RawCue>, Vec<NarrationError>) {
+    let mut splitter = Splitter { file, flavor, cues: Vec::new(), errors: Vec::new(), open_cue: None };
     let mut start = 0;
     let mut previous_block_had_cue = false;
     while start < lines.len() {
@@ -190,10 +166,7 @@ pub(crate) fn split_cues(
             start += 1;
             continue;
         }
-        let end = lines[start..]
-            .iter()
-            .position(|(_, l)| is_blank(l, flavor))
-            .map_or(lines.len(), |p| start + p);
+        let end = lines[start..].iter().position(|(_, l)| is_blank(l, flavor)).map_or(lines.len(), |p| start + p);
         let cues_before = splitter.cues.len();
         splitter.block(&lines[start..end], previous_block_had_cue);
         previous_block_had_cue = splitter.cues.len() > cues_before;

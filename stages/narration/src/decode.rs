@@ -13,10 +13,10 @@ use crate::error::{NarrationError, Warning};
 /// undefined map to the C1 control of the same value, as WHATWG specifies,
 /// so that decoding never fails.
 const CP1252_HIGH: [char; 32] = [
-    '\u{20AC}', '\u{0081}', '\u{201A}', '\u{0192}', '\u{201E}', '\u{2026}', '\u{2020}', '\u{2021}',
-    '\u{02C6}', '\u{2030}', '\u{0160}', '\u{2039}', '\u{0152}', '\u{008D}', '\u{017D}', '\u{008F}',
-    '\u{0090}', '\u{2018}', '\u{2019}', '\u{201C}', '\u{201D}', '\u{2022}', '\u{2013}', '\u{2014}',
-    '\u{02DC}', '\u{2122}', '\u{0161}', '\u{203A}', '\u{0153}', '\u{009D}', '\u{017E}', '\u{0178}',
+    '\u{20AC}', '\u{0081}', '\u{201A}', '\u{0192}', '\u{201E}', '\u{2026}', '\u{2020}', '\u{2021}', '\u{02C6}',
+    '\u{2030}', '\u{0160}', '\u{2039}', '\u{0152}', '\u{008D}', '\u{017D}', '\u{008F}', '\u{0090}', '\u{2018}',
+    '\u{2019}', '\u{201C}', '\u{201D}', '\u{2022}', '\u{2013}', '\u{2014}', '\u{02DC}', '\u{2122}', '\u{0161}',
+    '\u{203A}', '\u{0153}', '\u{009D}', '\u{017E}', '\u{0178}',
 ];
 
 pub(crate) fn windows_1252(bytes: &[u8]) -> String {
@@ -56,10 +56,7 @@ pub(crate) fn decode_text(bytes: &[u8], file: &Path) -> (String, Option<Warning>
         Ok(text) => (text.to_owned(), None),
         Err(e) => (
             windows_1252(bytes),
-            Some(Warning::DecodedAsWindows1252 {
-                file: file.to_path_buf(),
-                first_invalid_byte: e.valid_up_to(),
-            }),
+            Some(Warning::DecodedAsWindows1252 { file: file.to_path_buf(), first_invalid_byte: e.valid_up_to() }),
         ),
     }
 }
@@ -107,9 +104,7 @@ mod tests {
         let (text, warning) = decode_text(bytes, Path::new("a.srt"));
         assert_eq!(text, "café – “ok”");
         match warning {
-            Some(Warning::DecodedAsWindows1252 {
-                first_invalid_byte, ..
-            }) => assert_eq!(first_invalid_byte, 3),
+            Some(Warning::DecodedAsWindows1252 { first_invalid_byte, .. }) => assert_eq!(first_invalid_byte, 3),
             other => panic!("expected a Windows-1252 warning, got {other:?}"),
         }
     }
@@ -127,9 +122,6 @@ mod tests {
     #[test]
     fn lines_split_on_lf_crlf_and_cr() {
         let lines = numbered_lines("a\r\nb\nc\rd\r\n\r\ne");
-        assert_eq!(
-            lines,
-            vec![(1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, ""), (6, "e")]
-        );
+        assert_eq!(lines, vec![(1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, ""), (6, "e")]);
     }
 }

@@ -28,18 +28,12 @@ pub struct Location {
 impl Location {
     /// A location naming only the file.
     pub fn file(file: &Path) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            ..Self::default()
-        }
+        Self { file: file.to_path_buf(), ..Self::default() }
     }
 
     /// A location naming the file and a 1-based line.
     pub fn line(file: &Path, line: usize) -> Self {
-        Self {
-            line: Some(line),
-            ..Self::file(file)
-        }
+        Self { line: Some(line), ..Self::file(file) }
     }
 
     /// Adds the video id.
@@ -135,17 +129,11 @@ impl NarrationError {
     }
 
     pub(crate) fn malformed(at: Location, message: impl Into<String>) -> Self {
-        Self::Malformed {
-            at,
-            message: message.into(),
-        }
+        Self::Malformed { at, message: message.into() }
     }
 
     pub(crate) fn io(file: &Path, source: std::io::Error) -> Self {
-        Self::Io {
-            file: file.to_path_buf(),
-            source,
-        }
+        Self::Io { file: file.to_path_buf(), source }
     }
 }
 
@@ -168,14 +156,9 @@ pub enum Warning {
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::DecodedAsWindows1252 {
-                file,
-                first_invalid_byte,
-            } => write!(
-                f,
-                "{}: not valid UTF-8 (byte {first_invalid_byte}), decoded as Windows-1252",
-                file.display()
-            ),
+            Self::DecodedAsWindows1252 { file, first_invalid_byte } => {
+                write!(f, "{}: not valid UTF-8 (byte {first_invalid_byte}), decoded as Windows-1252", file.display())
+            }
             Self::MissingWebVttHeader { file } => {
                 write!(f, "{}: no WEBVTT header line, read anyway", file.display())
             }

@@ -36,18 +36,11 @@ pub enum GroundingFormat {
 fn checked_span(start: f64, end: f64, at: &Location) -> Result<(f64, f64), NarrationError> {
     for value in [start, end] {
         if !value.is_finite() || value < 0.0 {
-            return Err(NarrationError::InvalidTime {
-                at: at.clone(),
-                value,
-            });
+            return Err(NarrationError::InvalidTime { at: at.clone(), value });
         }
     }
     if end < start {
-        return Err(NarrationError::InvertedTime {
-            at: at.clone(),
-            start,
-            end,
-        });
+        return Err(NarrationError::InvertedTime { at: at.clone(), start, end });
     }
     Ok((start, end))
 }
@@ -61,23 +54,20 @@ fn sentence(text: &str, at: &Location) -> Result<String, NarrationError> {
 }
 
 fn charades_line(line: &str, at: &Location) -> Result<GroundingQuery, NarrationError> {
-    let (head, text) = line.split_once("##").ok_or_else(|| {
-        NarrationError::malformed(at.clone(), "expected `video_id start end##sentence`")
-    })?;
+    let (head, text) = line
+        .split_once("##")
+        .ok_or_else(|| NarrationError::malformed(at.clone(), "expected `video_id start end##sentence`"))?;
     let fields: Vec<&str> = head.split_whitespace().collect();
     let [video_id, start, end] = fields.as_slice() else {
         return Err(NarrationError::malformed(
             at.clone(),
-            format!(
-                "expected `video_id start end` before `##`, found {} fields",
-                fields.len()
-            ),
+            format!("expected `video_id start end` before `##`, found {} fields", fields.len()),
         ));
     };
     let parse = |token: &str, name: &str| {
-        token.parse::<f64>().map_err(|_| {
-            NarrationError::malformed(at.clone(), format!("{name} {token:?} is not a number"))
-        })
+        token
+            .parse::<f64>()
+            .map_err(|_| NarrationError::malformed(at.clone(), format!("{name} {token:?} is not a number")))
     };
     let (start_s, end_s) = checked_span(parse(start, "start")?, parse(end, "end")?, at)?;
     Ok(GroundingQuery {
@@ -104,19 +94,12 @@ pub fn parse_charades_sta(text: &str, file: &Path) -> Parsed<GroundingQuery> {
     parsed
 }
 
-fn field<'v>(
-    map: &'v serde_json::Map<String, Value>,
-    name: &str,
-    at: &Location,
-) -> Result<&'v Value, NarrationError> {
-    map.get(name)
-        .ok_or_else(|| NarrationError::malformed(at.clone(), format!("missing `{name}`")))
+fn field<'v>(map: &'v serde_json::Map<String, Value>, name: &str, at: &Location) -> Result<&'v Value, NarrationError> {
+    map.get(name).ok_or_else(|| NarrationError::malformed(at.clone(), format!("missing `{name}`")))
 }
 
 fn number(value: &Value, name: &str, at: &Location) -> Result<f64, NarrationError> {
-    value.as_f64().ok_or_else(|| {
-        NarrationError::malformed(at.clone(), format!("`{name}` is not a number: {value}"))
-    })
+    value.as_f64().ok_or_else(|| NarrationError::malformed(at.clone(), format!("`{name}` is not a number: {value}")))
 }
 
 fn array<'v>(value: &'v Value, name: &str, at: &Location) -> Result<&'v [Value], NarrationError> {
@@ -133,60 +116,32 @@ struct TimeBase {
     duration_s: f64,
 }
 
-fn activitynet_base(
-    map: &serde_json::Map<String, Value>,
-    at: &Location,
-) -> Result<TimeBase, NarrationError> {
+fn activitynet_base(map: &serde_json::Map<String, Value>, at: &Location) -> Result<TimeBase, NarrationError> {
     let duration_s = number(field(map, "duration", at)?, "duration", at)?;
     if !duration_s.is_finite() || duration_s <= 0.0 {
-        return Err(NarrationError::malformed(
-            at.clone(),
-            format!("duration {duration_s} is not positive"),
-        ));
+        return Err(NarrationError::malformed(at.clone(), format!("duration {duration_s} is not positive")));
     }
-    Ok(TimeBase {
-        scale: 1.0,
-        duration_s,
-    })
+    Ok(TimeBase { scale: 1.0, duration_s })
 }
 
-fn tacos_base(
-    map: &serde_json::Map<String, Value>,
-    at: &Location,
-) -> Result<TimeBase, NarrationError> {
+fn tacos_base(map: &serde_json::Map<String, Value>, at: &Location) -> Result<TimeBase, NarrationError> {
     let fps = number(field(map, "fps", at)?, "fps", at)?;
     let num_frames = number(field(map, "num_frames", at)?, "num_frames", at)?;
     if !fps.is_finite() || fps <= 0.0 {
-        return Err(NarrationError::malformed(
-            at.clone(),
-            format!("fps {fps} is not positive"),
-        ));
+        return Err(NarrationError::malformed(at.clone(), format!("fps {fps} is not positive")));
     }
     if !num_frames.is_finite() || num_frames <= 0.0 {
-        return Err(NarrationError::malformed(
-            at.clone(),
-            format!("num_frames {num_frames} is not positive"),
-        ));
+        return Err(NarrationError::malformed(at.clone(), format!("num_frames {num_frames} is not positive")));
     }
-    Ok(TimeBase {
-        scale: 1.0 / fps,
-        duration_s: num_frames / fps,
-    })
+    Ok(TimeBase { scale: 1.0 / fps, duration_s: num_frames / fps })
 }
 
 type BaseFn = fn(&serde_json::Map<String, Value>, &Location) -> Result<TimeBase, NarrationError>;
 
-fn json_video(
-    video_id: &str,
-    value: &Value,
-    at: &Location,
-    base: BaseFn,
-    parsed: &mut Parsed<GroundingQuery>,
-) {
+fn json_video(video_id: &str, value: &Value, at: &Location, base: BaseFn, parsed: &mut Parsed<GroundingQuery>) {
     let video = || -> Result<(TimeBase, &[Value], &[Value]), NarrationError> {
-        let map = value
-            .as_object()
-            .ok_or_else(|| NarrationError::malformed(at.clone(), "expected an object per video"))?;
+        let map =
+            value.as_object().ok_or_else(|| NarrationError::malformed(at.clone(), "expected an object per video"))?;
         let base = base(map, at)?;
         let spans = array(field(map, "timestamps", at)?, "timestamps", at)?;
         let sentences = array(field(map, "sentences", at)?, "sentences", at)?;
@@ -218,9 +173,9 @@ fn json_video(
                 }
             };
             let (start_s, end_s) = checked_span(pair.0 * base.scale, pair.1 * base.scale, &at)?;
-            let text = text.as_str().ok_or_else(|| {
-                NarrationError::malformed(at.clone(), format!("sentence is not a string: {text}"))
-            })?;
+            let text = text
+                .as_str()
+                .ok_or_else(|| NarrationError::malformed(at.clone(), format!("sentence is not a string: {text}")))?;
             Ok(GroundingQuery {
                 video_id: video_id.to_owned(),
                 start_s,
@@ -239,15 +194,11 @@ fn json_video(
 fn parse_json(text: &str, file: &Path, base: BaseFn) -> Parsed<GroundingQuery> {
     let mut parsed = Parsed::default();
     let text = text.trim_start_matches('\u{FEFF}');
-    let end = for_each_entry(
-        text.as_bytes(),
-        file,
-        &mut |video_id, line, value: Value| {
-            let at = Location::line(file, line).with_video(&video_id);
-            json_video(&video_id, &value, &at, base, &mut parsed);
-            ControlFlow::Continue(())
-        },
-    );
+    let end = for_each_entry(text.as_bytes(), file, &mut |video_id, line, value: Value| {
+        let at = Location::line(file, line).with_video(&video_id);
+        json_video(&video_id, &value, &at, base, &mut parsed);
+        ControlFlow::Continue(())
+    });
     if let StreamEnd::Failed(e) = end {
         parsed.errors.push(e);
     }
@@ -269,10 +220,7 @@ pub fn parse_tacos(text: &str, file: &Path) -> Parsed<GroundingQuery> {
 
 /// Reads a grounding annotation file of the given format; `Err` only when
 /// the file cannot be read at all.
-pub fn read_file(
-    path: &Path,
-    format: GroundingFormat,
-) -> Result<Parsed<GroundingQuery>, NarrationError> {
+pub fn read_file(path: &Path, format: GroundingFormat) -> Result<Parsed<GroundingQuery>, NarrationError> {
     let (text, warning) = read_text_file(path)?;
     let mut parsed = match format {
         GroundingFormat::CharadesSta => parse_charades_sta(&text, path),
@@ -317,16 +265,9 @@ Y6R7T 1 2##   \r\n\
                 },
             ]
         );
-        let lines: Vec<Option<usize>> = parsed
-            .errors
-            .iter()
-            .map(|e| e.location().unwrap().line)
-            .collect();
+        let lines: Vec<Option<usize>> = parsed.errors.iter().map(|e| e.location().unwrap().line).collect();
         assert_eq!(lines, [Some(2), Some(4), Some(5), Some(6)]);
-        assert!(matches!(
-            parsed.errors[0],
-            NarrationError::InvertedTime { .. }
-        ));
+        assert!(matches!(parsed.errors[0], NarrationError::InvertedTime { .. }));
     }
 
     #[test]
@@ -340,50 +281,24 @@ Y6R7T 1 2##   \r\n\
         let got: Vec<(&str, f64, f64, &str, Option<f64>)> = parsed
             .items
             .iter()
-            .map(|q| {
-                (
-                    q.video_id.as_str(),
-                    q.start_s,
-                    q.end_s,
-                    q.sentence.as_str(),
-                    q.duration_s,
-                )
-            })
+            .map(|q| (q.video_id.as_str(), q.start_s, q.end_s, q.sentence.as_str(), q.duration_s))
             .collect();
         assert_eq!(
             got,
             [
-                (
-                    "v_QOlSCBRmfWY",
-                    0.83,
-                    19.86,
-                    "A young woman is seen standing in a room.",
-                    Some(82.73)
-                ),
-                (
-                    "v_QOlSCBRmfWY",
-                    17.37,
-                    60.81,
-                    "She then begins dancing.",
-                    Some(82.73)
-                ),
+                ("v_QOlSCBRmfWY", 0.83, 19.86, "A young woman is seen standing in a room.", Some(82.73)),
+                ("v_QOlSCBRmfWY", 17.37, 60.81, "She then begins dancing.", Some(82.73)),
                 ("v_inv", 1.0, 3.0, "b", Some(10.0)),
             ]
         );
         assert_eq!(parsed.errors.len(), 4, "{:?}", parsed.errors);
-        assert!(
-            matches!(&parsed.errors[0], NarrationError::Malformed { at, .. } if at.item == Some(2))
-        );
+        assert!(matches!(&parsed.errors[0], NarrationError::Malformed { at, .. } if at.item == Some(2)));
         assert!(matches!(
             &parsed.errors[1],
             NarrationError::LengthMismatch { at, .. } if at.video_id.as_deref() == Some("v_bad") && at.line == Some(4)
         ));
-        assert!(
-            matches!(&parsed.errors[2], NarrationError::InvertedTime { at, .. } if at.item == Some(0))
-        );
-        assert!(parsed.errors[3]
-            .to_string()
-            .contains("not a [start, end] pair"));
+        assert!(matches!(&parsed.errors[2], NarrationError::InvertedTime { at, .. } if at.item == Some(0)));
+        assert!(parsed.errors[3].to_string().contains("not a [start, end] pair"));
     }
 
     #[test]
@@ -399,21 +314,15 @@ Y6R7T 1 2##   \r\n\
         assert!((q.duration_s.unwrap() - 6000.0 / 29.4).abs() < 1e-9);
         assert!((parsed.items[1].end_s - 5.0).abs() < 1e-9);
         assert_eq!(parsed.errors.len(), 1);
-        assert!(parsed.errors[0]
-            .to_string()
-            .contains("fps 0 is not positive"));
+        assert!(parsed.errors[0].to_string().contains("fps 0 is not positive"));
     }
 
     #[test]
     fn truncated_grounding_json_keeps_earlier_videos() {
-        let text =
-            r#"{"a": {"duration": 5, "timestamps": [[0, 1]], "sentences": ["x"]}, "b": {"dura"#;
+        let text = r#"{"a": {"duration": 5, "timestamps": [[0, 1]], "sentences": ["x"]}, "b": {"dura"#;
         let parsed = parse_activitynet(text, Path::new("g.json"));
         assert_eq!(parsed.items.len(), 1);
-        assert!(matches!(
-            parsed.errors.as_slice(),
-            [NarrationError::Truncated { .. }]
-        ));
+        assert!(matches!(parsed.errors.as_slice(), [NarrationError::Truncated { .. }]));
     }
 
     #[test]
@@ -423,10 +332,7 @@ Y6R7T 1 2##   \r\n\
         std::fs::write(&path, b"AO8RW 0 1##a caf\xE9\n").unwrap();
         let parsed = read_file(&path, GroundingFormat::CharadesSta).unwrap();
         assert_eq!(parsed.items[0].sentence, "a café");
-        assert!(matches!(
-            parsed.warnings.as_slice(),
-            [Warning::DecodedAsWindows1252 { .. }]
-        ));
+        assert!(matches!(parsed.warnings.as_slice(), [Warning::DecodedAsWindows1252 { .. }]));
         assert!(matches!(
             read_file(&dir.path().join("none.json"), GroundingFormat::Tacos),
             Err(NarrationError::Io { .. })

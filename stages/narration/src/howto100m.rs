@@ -251,10 +251,7 @@ impl<'de> Deserialize<'de> for LooseVideo {
                 visit_i64(i64) => "a number",
             );
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<LooseVideo, A::Error> {
-                drain_seq(seq).map(|()| LooseVideo {
-                    wrong: Some("an array"),
-                    ..LooseVideo::default()
-                })
+                drain_seq(seq).map(|()| LooseVideo { wrong: Some("an array"), ..LooseVideo::default() })
             }
         }
         d.deserialize_any(V)
@@ -265,17 +262,11 @@ fn time(value: &LooseTime, name: &str, at: &Location) -> Result<f64, NarrationEr
     let t = match value {
         LooseTime::Number(t) => *t,
         LooseTime::Wrong(shape) => {
-            return Err(NarrationError::malformed(
-                at.clone(),
-                format!("{name} is not a number but {shape}"),
-            ))
+            return Err(NarrationError::malformed(at.clone(), format!("{name} is not a number but {shape}")))
         }
     };
     if !t.is_finite() || t < 0.0 {
-        return Err(NarrationError::InvalidTime {
-            at: at.clone(),
-            value: t,
-        });
+        return Err(NarrationError::InvalidTime { at: at.clone(), value: t });
     }
     Ok(t)
 }
@@ -292,28 +283,19 @@ fn cue_text(value: LooseText, at: &Location) -> Result<String, NarrationError> {
     match value {
         LooseText::Text(text) if !text.contains('[') && is_normalised(&text) => Ok(text),
         LooseText::Text(text) => Ok(join_tokens(&clean_line(&text, Markup::Plain))),
-        LooseText::Wrong(shape) => Err(NarrationError::malformed(
-            at.clone(),
-            format!("text is not a string but {shape}"),
-        )),
+        LooseText::Wrong(shape) => {
+            Err(NarrationError::malformed(at.clone(), format!("text is not a string but {shape}")))
+        }
     }
 }
 
-fn array<T>(
-    field: Option<LooseArray<T>>,
-    name: &str,
-    at: &Location,
-) -> Result<Vec<T>, NarrationError> {
+fn array<T>(field: Option<LooseArray<T>>, name: &str, at: &Location) -> Result<Vec<T>, NarrationError> {
     match field {
         Some(LooseArray::Items(items)) => Ok(items),
-        Some(LooseArray::Wrong(shape)) => Err(NarrationError::malformed(
-            at.clone(),
-            format!("`{name}` is not an array but {shape}"),
-        )),
-        None => Err(NarrationError::malformed(
-            at.clone(),
-            format!("missing `{name}`"),
-        )),
+        Some(LooseArray::Wrong(shape)) => {
+            Err(NarrationError::malformed(at.clone(), format!("`{name}` is not an array but {shape}")))
+        }
+        None => Err(NarrationError::malformed(at.clone(), format!("missing `{name}`"))),
     }
 }
 
@@ -340,12 +322,7 @@ fn video_from_entry(
         Err(e) => return (None, vec![e]),
     };
     if starts.len() != ends.len() || starts.len() != texts.len() {
-        let detail = format!(
-            "start {}, end {}, text {}",
-            starts.len(),
-            ends.len(),
-            texts.len()
-        );
+        let detail = format!("start {}, end {}, text {}", starts.len(), ends.len(), texts.len());
         return (None, vec![NarrationError::LengthMismatch { at, detail }]);
     }
     let mut cues = Vec::with_capacity(starts.len());
@@ -356,28 +333,16 @@ fn video_from_entry(
             let start = time(s, "start", &at())?;
             let end = time(e, "end", &at())?;
             if end < start {
-                return Err(NarrationError::InvertedTime {
-                    at: at(),
-                    start,
-                    end,
-                });
+                return Err(NarrationError::InvertedTime { at: at(), start, end });
             }
-            Ok(Cue {
-                start,
-                end,
-                text: cue_text(t, &at())?,
-                words: Vec::new(),
-            })
+            Ok(Cue { start, end, text: cue_text(t, &at())?, words: Vec::new() })
         })();
         match cue {
             Ok(cue) => cues.push(cue),
             Err(e) => errors.push(e),
         }
     }
-    let video = VideoCues {
-        video_id: video_id.to_owned(),
-        cues,
-    };
+    let video = VideoCues { video_id: video_id.to_owned(), cues };
     (Some(video), errors)
 }
 
@@ -591,12 +556,7 @@ mod tests {
 
     #[test]
     fn streaming_reads_only_as_far_as_the_caller_goes() {
-        let mut source = Large {
-            videos: 300_000,
-            served: 0,
-            pending: Vec::new(),
-            next_video: 0,
-        };
+        let mut source = Large { videos: 300_000, served: 0, pending: Vec::new(), next_video: 0 };
         let mut seen = Vec::new();
         let summary = for_each_video(&mut source, Path::new("large.json"), |item| {
             seen.push(item.unwrap().video_id);

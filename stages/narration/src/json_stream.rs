@@ -117,22 +117,12 @@ pub(crate) fn for_each_entry<R: Read, T: DeserializeOwned>(
     f: &mut EntryFn<'_, T>,
 ) -> StreamEnd {
     let line = Rc::new(Cell::new(1));
-    let counter = LineCounter {
-        inner: reader,
-        buf: vec![0; 1 << 16].into_boxed_slice(),
-        pos: 0,
-        len: 0,
-        line: Rc::clone(&line),
-    };
+    let counter =
+        LineCounter { inner: reader, buf: vec![0; 1 << 16].into_boxed_slice(), pos: 0, len: 0, line: Rc::clone(&line) };
     let stopped = Cell::new(false);
     let mut deserializer = serde_json::Deserializer::from_reader(counter);
-    let result = Entries {
-        f,
-        line,
-        stopped: &stopped,
-    }
-    .deserialize(&mut deserializer)
-    .and_then(|()| deserializer.end());
+    let result =
+        Entries { f, line, stopped: &stopped }.deserialize(&mut deserializer).and_then(|()| deserializer.end());
     let error = match result {
         Ok(()) => return StreamEnd::Complete,
         Err(_) if stopped.get() => return StreamEnd::Stopped,
@@ -168,14 +158,10 @@ mod tests {
 
     fn collect(text: &str) -> (Vec<(String, usize)>, StreamEnd) {
         let mut seen = Vec::new();
-        let end = for_each_entry(
-            text.as_bytes(),
-            Path::new("c.json"),
-            &mut |k, line, _: Value| {
-                seen.push((k, line));
-                ControlFlow::Continue(())
-            },
-        );
+        let end = for_each_entry(text.as_bytes(), Path::new("c.json"), &mut |k, line, _: Value| {
+            seen.push((k, line));
+            ControlFlow::Continue(())
+        });
         (seen, end)
     }
 
@@ -190,16 +176,10 @@ mod tests {
     fn trailing_garbage_and_non_object_are_failures() {
         let (seen, end) = collect("{\"a\": 1} x");
         assert_eq!(seen.len(), 1);
-        assert!(matches!(
-            end,
-            StreamEnd::Failed(NarrationError::Json { .. })
-        ));
+        assert!(matches!(end, StreamEnd::Failed(NarrationError::Json { .. })));
         let (seen, end) = collect("[1, 2]");
         assert!(seen.is_empty());
-        assert!(matches!(
-            end,
-            StreamEnd::Failed(NarrationError::Malformed { .. })
-        ));
+        assert!(matches!(end, StreamEnd::Failed(NarrationError::Malformed { .. })));
     }
 
     #[test]

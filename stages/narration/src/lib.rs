@@ -64,11 +64,7 @@ pub struct Parsed<T> {
 
 impl<T> Default for Parsed<T> {
     fn default() -> Self {
-        Self {
-            items: Vec::new(),
-            errors: Vec::new(),
-            warnings: Vec::new(),
-        }
+        Self { items: Vec::new(), errors: Vec::new(), warnings: Vec::new() }
     }
 }
 
@@ -85,18 +81,11 @@ impl<T> Parsed<T> {
 /// Reads a `.vtt` or `.srt` file (extension matched case-insensitively).
 /// Cues that could not be read come back as [`Warning::Skipped`].
 pub fn read_subtitle_file(path: &Path) -> Result<(Vec<Cue>, Vec<Warning>), NarrationError> {
-    let extension = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
+    let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     let parsed = match extension.as_deref() {
         Some("vtt") => webvtt::read_file(path)?,
         Some("srt") => srt::read_file(path)?,
-        _ => {
-            return Err(NarrationError::UnsupportedExtension {
-                file: path.to_path_buf(),
-            })
-        }
+        _ => return Err(NarrationError::UnsupportedExtension { file: path.to_path_buf() }),
     };
     Ok(parsed.into_items_and_warnings())
 }
@@ -122,8 +111,10 @@ mod tests {
         std::fs::write(&vtt, "WEBVTT\n\n00:01.000 --> 00:02.000\nfrom vtt\n").unwrap();
         let srt = dir.path().join("abc.srt");
         let mut f = std::fs::File::create(&srt).unwrap();
-        f.write_all(b"1\r\n00:00:01,000 --> 00:00:02,000\r\nfrom srt\r\n\r\n2\r\n00:00:03,000 --> 00:00:02,000\r\nbad\r\n")
-            .unwrap();
+        f.write_all(
+            b"1\r\n00:00:01,000 --> 00:00:02,000\r\nfrom srt\r\n\r\n2\r\n00:00:03,000 --> 00:00:02,000\r\nbad\r\n",
+        )
+        .unwrap();
         drop(f);
 
         let (cues, warnings) = read_subtitle_file(&vtt).unwrap();
@@ -142,26 +133,14 @@ mod tests {
 
         let other = dir.path().join("abc.txt");
         std::fs::write(&other, "x").unwrap();
-        assert!(matches!(
-            read_subtitle_file(&other),
-            Err(NarrationError::UnsupportedExtension { .. })
-        ));
-        assert!(matches!(
-            read_subtitle_file(&dir.path().join("missing.vtt")),
-            Err(NarrationError::Io { .. })
-        ));
+        assert!(matches!(read_subtitle_file(&other), Err(NarrationError::UnsupportedExtension { .. })));
+        assert!(matches!(read_subtitle_file(&dir.path().join("missing.vtt")), Err(NarrationError::Io { .. })));
     }
 
     #[test]
     fn video_id_is_the_name_up_to_the_first_dot() {
-        assert_eq!(
-            video_id_from_path(Path::new("/d/nVbIUDjzWY4.en.vtt")).as_deref(),
-            Some("nVbIUDjzWY4")
-        );
-        assert_eq!(
-            video_id_from_path(Path::new("a-b_c.srt")).as_deref(),
-            Some("a-b_c")
-        );
+        assert_eq!(video_id_from_path(Path::new("/d/nVbIUDjzWY4.en.vtt")).as_deref(), Some("nVbIUDjzWY4"));
+        assert_eq!(video_id_from_path(Path::new("a-b_c.srt")).as_deref(), Some("a-b_c"));
         assert_eq!(video_id_from_path(Path::new(".hidden")), None);
     }
 }

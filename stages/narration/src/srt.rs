@@ -24,17 +24,8 @@ pub fn parse_str(text: &str, file: &Path) -> Parsed<Cue> {
     parsed.items = raw_cues
         .into_iter()
         .map(|raw| {
-            let tokens: Vec<_> = raw
-                .payload
-                .iter()
-                .flat_map(|l| clean_line(l, Markup::Srt))
-                .collect();
-            Cue {
-                start: raw.start,
-                end: raw.end,
-                text: join_tokens(&tokens),
-                words: Vec::new(),
-            }
+            let tokens: Vec<_> = raw.payload.iter().flat_map(|l| clean_line(l, Markup::Srt)).collect();
+            Cue { start: raw.start, end: raw.end, text: join_tokens(&tokens), words: Vec::new() }
         })
         .collect();
     parsed
@@ -69,10 +60,7 @@ mod tests {
 3\r\n01:00:00,500 --> 01:00:01,000 X1:100 X2:200 Y1:10 Y2:20\r\n{\\an8}<font color=\"#ffff00\">Top</font>\r\n";
         let parsed = parse(text);
         assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-        assert_eq!(
-            texts(&parsed),
-            ["", "So today we're making pancakes & syrup", "Top"]
-        );
+        assert_eq!(texts(&parsed), ["", "So today we're making pancakes & syrup", "Top"]);
         assert_eq!(parsed.items[0].end, 2.28);
         assert_eq!(parsed.items[1].start, 2.28);
         assert_eq!(parsed.items[2].start, 3600.5);
@@ -81,7 +69,8 @@ mod tests {
 
     #[test]
     fn blank_line_inside_text_continues_the_cue() {
-        let text = "1\n00:00:01,000 --> 00:00:02,000\nfirst part\n\nsecond part\n\n2\n00:00:03,000 --> 00:00:04,000\nnext\n";
+        let text =
+            "1\n00:00:01,000 --> 00:00:02,000\nfirst part\n\nsecond part\n\n2\n00:00:03,000 --> 00:00:04,000\nnext\n";
         let parsed = parse(text);
         assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
         assert_eq!(texts(&parsed), ["first part second part", "next"]);
@@ -103,21 +92,11 @@ mod tests {
 4\n-00:00:01,000 --> 00:00:02,000\nnegative\n";
         let parsed = parse(text);
         assert_eq!(texts(&parsed), ["good"]);
-        let lines: Vec<Option<usize>> = parsed
-            .errors
-            .iter()
-            .map(|e| e.location().unwrap().line)
-            .collect();
+        let lines: Vec<Option<usize>> = parsed.errors.iter().map(|e| e.location().unwrap().line).collect();
         assert_eq!(lines, [Some(2), Some(6), Some(14)]);
-        assert!(matches!(
-            parsed.errors[0],
-            NarrationError::InvertedTime { .. }
-        ));
+        assert!(matches!(parsed.errors[0], NarrationError::InvertedTime { .. }));
         assert!(matches!(parsed.errors[1], NarrationError::Malformed { .. }));
-        assert!(matches!(
-            parsed.errors[2],
-            NarrationError::InvalidTime { .. }
-        ));
+        assert!(matches!(parsed.errors[2], NarrationError::InvalidTime { .. }));
     }
 
     #[test]
@@ -132,16 +111,9 @@ mod tests {
     fn windows_1252_file_is_decoded_with_warning() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.srt");
-        std::fs::write(
-            &path,
-            b"1\r\n00:00:01,000 --> 00:00:02,000\r\nna\xEFve \x93quote\x94\r\n",
-        )
-        .unwrap();
+        std::fs::write(&path, b"1\r\n00:00:01,000 --> 00:00:02,000\r\nna\xEFve \x93quote\x94\r\n").unwrap();
         let parsed = read_file(&path).unwrap();
         assert_eq!(texts(&parsed), ["naïve “quote”"]);
-        assert!(matches!(
-            parsed.warnings.as_slice(),
-            [Warning::DecodedAsWindows1252 { .. }]
-        ));
+        assert!(matches!(parsed.warnings.as_slice(), [Warning::DecodedAsWindows1252 { .. }]));
     }
 }

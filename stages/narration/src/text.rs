@@ -63,13 +63,9 @@ pub(crate) fn parse_timestamp(s: &str) -> Result<f64, TimeError> {
     let h: f64 = hours.parse().map_err(|_| malformed())?;
     let m: f64 = minutes.parse().map_err(|_| malformed())?;
     // Parsed as one decimal so that "03.270" is the f64 nearest to 3.27.
-    let sec: f64 = format!("{whole}.{}", fraction.unwrap_or("0"))
-        .parse()
-        .map_err(|_| malformed())?;
+    let sec: f64 = format!("{whole}.{}", fraction.unwrap_or("0")).parse().map_err(|_| malformed())?;
     if m >= 60.0 || sec >= 60.0 {
-        return Err(TimeError::Malformed(format!(
-            "minutes and seconds must be below 60 in {s:?}"
-        )));
+        return Err(TimeError::Malformed(format!("minutes and seconds must be below 60 in {s:?}")));
     }
     let value = h * 3600.0 + m * 60.0 + sec;
     if negative && value > 0.0 {
@@ -136,10 +132,7 @@ pub(crate) fn decode_entities(s: &str) -> String {
 
 fn push_words(buffer: &mut String, time: Option<f64>, tokens: &mut Vec<Token>) {
     let decoded = decode_entities(buffer);
-    tokens.extend(decoded.split_whitespace().map(|w| Token {
-        text: w.to_owned(),
-        time,
-    }));
+    tokens.extend(decoded.split_whitespace().map(|w| Token { text: w.to_owned(), time }));
     buffer.clear();
 }
 
@@ -155,10 +148,7 @@ pub(crate) fn tokenize(line: &str, markup: Markup) -> Vec<Token> {
         if markup != Markup::Plain && c == '<' {
             if let Some(close) = rest.find('>') {
                 let inner = &rest[1..close];
-                let is_tag = inner
-                    .chars()
-                    .next()
-                    .is_some_and(|first| first.is_ascii_alphanumeric() || first == '/')
+                let is_tag = inner.chars().next().is_some_and(|first| first.is_ascii_alphanumeric() || first == '/')
                     && !inner.contains('<');
                 if is_tag {
                     if markup == Markup::WebVtt && inner.starts_with(|c: char| c.is_ascii_digit()) {
@@ -239,24 +229,10 @@ mod tests {
 
     #[test]
     fn bad_timestamps_are_rejected() {
-        for bad in [
-            "",
-            "1.5",
-            "00:61:00.000",
-            "00:00:75.0",
-            "aa:00.000",
-            "0:0:0:0",
-            "00:00.x",
-        ] {
-            assert!(
-                matches!(parse_timestamp(bad), Err(TimeError::Malformed(_))),
-                "{bad:?} should be malformed"
-            );
+        for bad in ["", "1.5", "00:61:00.000", "00:00:75.0", "aa:00.000", "0:0:0:0", "00:00.x"] {
+            assert!(matches!(parse_timestamp(bad), Err(TimeError::Malformed(_))), "{bad:?} should be malformed");
         }
-        assert_eq!(
-            parse_timestamp("-00:00:01.500"),
-            Err(TimeError::Negative(-1.5))
-        );
+        assert_eq!(parse_timestamp("-00:00:01.500"), Err(TimeError::Negative(-1.5)));
     }
 
     #[test]
@@ -265,19 +241,13 @@ mod tests {
             decode_entities("a &amp; b &lt;i&gt; &quot;x&quot; it&#39;s &#x27;y&#X27; c&nbsp;d"),
             "a & b <i> \"x\" it's 'y' c d"
         );
-        assert_eq!(
-            decode_entities("&bogus; & &amp &#xZZ;"),
-            "&bogus; & &amp &#xZZ;"
-        );
+        assert_eq!(decode_entities("&bogus; & &amp &#xZZ;"), "&bogus; & &amp &#xZZ;");
         assert_eq!(decode_entities("caf&#233;"), "café");
     }
 
     #[test]
     fn webvtt_inline_timestamps_become_word_times() {
-        let tokens = tokenize(
-            "hi<00:00:01.199><c> everyone</c><00:00:01.439><c> welcome</c>",
-            Markup::WebVtt,
-        );
+        let tokens = tokenize("hi<00:00:01.199><c> everyone</c><00:00:01.439><c> welcome</c>", Markup::WebVtt);
         assert_eq!(words(&tokens), ["hi", "everyone", "welcome"]);
         let times: Vec<Option<f64>> = tokens.iter().map(|t| t.time).collect();
         assert_eq!(times, [None, Some(1.199), Some(1.439)]);

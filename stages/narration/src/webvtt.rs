@@ -14,17 +14,13 @@ use crate::text::{clean_line, join_tokens, Markup, Token};
 use crate::{Cue, Parsed, Word};
 
 fn is_signature(line: &str) -> bool {
-    line.strip_prefix("WEBVTT")
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+    line.strip_prefix("WEBVTT").is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
 }
 
 /// Length of the longest prefix of `current` that repeats the end of
 /// `previous`: the carried-over lines of a rolling cue.
 fn carried_over(previous: &[String], current: &[String]) -> usize {
-    (1..=previous.len().min(current.len()))
-        .rev()
-        .find(|&k| current[..k] == previous[previous.len() - k..])
-        .unwrap_or(0)
+    (1..=previous.len().min(current.len())).rev().find(|&k| current[..k] == previous[previous.len() - k..]).unwrap_or(0)
 }
 
 /// Parses WebVTT text. `file` names the source in errors.
@@ -43,15 +39,10 @@ pub fn parse_str(text: &str, file: &Path) -> Parsed<Cue> {
         Some((_, first)) if is_signature(first) => {
             // The header runs to the first blank line; a timing line ends it
             // too, for files that omit that blank line.
-            1 + lines[1..]
-                .iter()
-                .position(|(_, l)| l.is_empty() || l.contains("-->"))
-                .unwrap_or(lines.len() - 1)
+            1 + lines[1..].iter().position(|(_, l)| l.is_empty() || l.contains("-->")).unwrap_or(lines.len() - 1)
         }
         _ => {
-            parsed.warnings.push(Warning::MissingWebVttHeader {
-                file: file.to_path_buf(),
-            });
+            parsed.warnings.push(Warning::MissingWebVttHeader { file: file.to_path_buf() });
             0
         }
     };
@@ -61,19 +52,12 @@ pub fn parse_str(text: &str, file: &Path) -> Parsed<Cue> {
     let cleaned: Vec<(RawCue, Vec<Vec<Token>>)> = raw_cues
         .into_iter()
         .map(|raw| {
-            let lines = raw
-                .payload
-                .iter()
-                .map(|l| clean_line(l, Markup::WebVtt))
-                .filter(|tokens| !tokens.is_empty())
-                .collect();
+            let lines =
+                raw.payload.iter().map(|l| clean_line(l, Markup::WebVtt)).filter(|tokens| !tokens.is_empty()).collect();
             (raw, lines)
         })
         .collect();
-    let word_timed = cleaned
-        .iter()
-        .flat_map(|(_, lines)| lines.iter().flatten())
-        .any(|t| t.time.is_some());
+    let word_timed = cleaned.iter().flat_map(|(_, lines)| lines.iter().flatten()).any(|t| t.time.is_some());
 
     let mut previous: Vec<String> = Vec::new();
     for (raw, lines) in cleaned {
@@ -90,22 +74,11 @@ pub fn parse_str(text: &str, file: &Path) -> Parsed<Cue> {
         }
         let kept = &lines[repeated..];
         let words = if word_timed {
-            kept.iter()
-                .flatten()
-                .map(|t| Word {
-                    start: t.time.unwrap_or(raw.start),
-                    text: t.text.clone(),
-                })
-                .collect()
+            kept.iter().flatten().map(|t| Word { start: t.time.unwrap_or(raw.start), text: t.text.clone() }).collect()
         } else {
             Vec::new()
         };
-        parsed.items.push(Cue {
-            start: raw.start,
-            end: raw.end,
-            text,
-            words,
-        });
+        parsed.items.push(Cue { start: raw.start, end: raw.end, text, words });
     }
     parsed
 }
@@ -149,21 +122,11 @@ to<00:00:03.600><c> my</c><00:00:03.900><c> kitchen</c>\n\n\
         let parsed = parse(ROLLING);
         assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
         assert!(parsed.warnings.is_empty());
-        assert_eq!(
-            texts(&parsed),
-            ["hi everyone welcome", "to my kitchen", "", "and then"]
-        );
+        assert_eq!(texts(&parsed), ["hi everyone welcome", "to my kitchen", "", "and then"]);
         let first = &parsed.items[0];
         assert_eq!((first.start, first.end), (0.88, 3.27));
-        let words: Vec<(f64, &str)> = first
-            .words
-            .iter()
-            .map(|w| (w.start, w.text.as_str()))
-            .collect();
-        assert_eq!(
-            words,
-            [(0.88, "hi"), (1.199, "everyone"), (1.439, "welcome")]
-        );
+        let words: Vec<(f64, &str)> = first.words.iter().map(|w| (w.start, w.text.as_str())).collect();
+        assert_eq!(words, [(0.88, "hi"), (1.199, "everyone"), (1.439, "welcome")]);
         let second: Vec<f64> = parsed.items[1].words.iter().map(|w| w.start).collect();
         assert_eq!(second, [3.28, 3.6, 3.9]);
     }
@@ -201,10 +164,7 @@ intro\r\n00:00:01.000 --> 00:00:04.500 line:0 position:20%\r\n\
 01:02:03.250 --> 01:02:04.000\r\n&quot;done&quot; &#x263A;\r\n";
         let parsed = parse(text);
         assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-        assert_eq!(
-            texts(&parsed),
-            ["Salt & pepper, don't <skip> it", "\"done\" ☺"]
-        );
+        assert_eq!(texts(&parsed), ["Salt & pepper, don't <skip> it", "\"done\" ☺"]);
         assert_eq!(parsed.items[0].start, 1.0);
         assert_eq!(parsed.items[0].end, 4.5);
         assert_eq!(parsed.items[1].start, 3723.25);
@@ -250,10 +210,7 @@ intro\r\n00:00:01.000 --> 00:00:04.500 line:0 position:20%\r\n\
     fn missing_header_is_a_warning_and_cues_still_read() {
         let parsed = parse("00:01.000 --> 00:02.000\nno header\n");
         assert_eq!(texts(&parsed), ["no header"]);
-        assert!(matches!(
-            parsed.warnings.as_slice(),
-            [Warning::MissingWebVttHeader { .. }]
-        ));
+        assert!(matches!(parsed.warnings.as_slice(), [Warning::MissingWebVttHeader { .. }]));
     }
 
     #[test]
@@ -266,19 +223,9 @@ intro\r\n00:00:01.000 --> 00:00:04.500 line:0 position:20%\r\n\
     fn latin1_file_is_decoded_with_warning() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.vtt");
-        std::fs::write(
-            &path,
-            b"WEBVTT\n\n00:01.000 --> 00:02.000\ncr\xE8me br\xFBl\xE9e\n",
-        )
-        .unwrap();
+        std::fs::write(&path, b"WEBVTT\n\n00:01.000 --> 00:02.000\ncr\xE8me br\xFBl\xE9e\n").unwrap();
         let parsed = read_file(&path).unwrap();
         assert_eq!(texts(&parsed), ["crème brûlée"]);
-        assert!(matches!(
-            parsed.warnings.as_slice(),
-            [Warning::DecodedAsWindows1252 {
-                first_invalid_byte: 34,
-                ..
-            }]
-        ));
+        assert!(matches!(parsed.warnings.as_slice(), [Warning::DecodedAsWindows1252 { first_invalid_byte: 34, .. }]));
     }
 }

@@ -80,10 +80,7 @@ pub fn write_hdf5_from(
             let group = file
                 .create_group(&r.video_id)
                 .with_context(|| format!("{}: cannot create group {:?}", tmp.display(), r.video_id))?;
-            let ds = group
-                .new_dataset::<f32>()
-                .shape([r.num_clips as usize, r.dim as usize])
-                .create(dataset)?;
+            let ds = group.new_dataset::<f32>().shape([r.num_clips as usize, r.dim as usize]).create(dataset)?;
             ds.write_raw(r.features.as_slice())?;
             ds.new_attr::<f64>().create("fps")?.write_scalar(&r.fps)?;
             ds.new_attr::<u64>().create("frames")?.write_scalar(&r.frames)?;
