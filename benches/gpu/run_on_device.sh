@@ -11,7 +11,8 @@
 # Settings (environment): GPU_BENCH (the binary; default ./gpu-bench beside
 # this script, else target/release/gpu-bench of the checkout), PYTHON
 # (python3), DEVICE (cuda), MODEL (full), EXTRACT_BATCH (32), TRAIN_BATCH (8),
-# WARMUP (5), ITERS (20), STEP_TIMEOUT (seconds per command, 300).
+# WARMUP (3), ITERS (10), BUDGET (seconds for all commands together, 480:
+# a command gets what is left, and none starts with under 30 s left).
 # DEVICE=cpu MODEL=tiny EXTRACT_BATCH=4 TRAIN_BATCH=2 ITERS=2 WARMUP=1 checks
 # the plumbing on a machine without a GPU.
 set -uo pipefail
@@ -22,9 +23,9 @@ DEVICE="${DEVICE:-cuda}"
 MODEL="${MODEL:-full}"
 EXTRACT_BATCH="${EXTRACT_BATCH:-32}"
 TRAIN_BATCH="${TRAIN_BATCH:-8}"
-WARMUP="${WARMUP:-5}"
-ITERS="${ITERS:-20}"
-STEP_TIMEOUT="${STEP_TIMEOUT:-300}"
+WARMUP="${WARMUP:-3}"
+ITERS="${ITERS:-10}"
+BUDGET="${BUDGET:-480}"
 OUTDIR="${OUT:-$HERE/out}"
 mkdir -p "$OUTDIR"
 LOG="$OUTDIR/gpu_bench.log"
@@ -66,12 +67,19 @@ if ldd "$BIN" | grep -q 'not found'; then
 fi
 
 status=0
+BEGIN=$SECONDS
 # Each command prints JSON lines (kept) and progress (logged). One that
-# fails or hangs is logged and the rest still run.
+# fails or hangs is logged and the rest still run, within the budget.
 run() {
+  local left=$((BUDGET - (SECONDS - BEGIN)))
+  if [ "$left" -lt 30 ]; then
+    log "== skipped (budget of $BUDGET s spent): $*"
+    status=1
+    return
+  fi
   log "== $*"
   local start=$SECONDS
-  timeout "$STEP_TIMEOUT" "$@" 2>>"$LOG" | tee -a "$LINES" >>"$LOG"
+  timeout "$left" "$@" 2>>"$LOG" | tee -a "$LINES" >>"$LOG"
   local rc=${PIPESTATUS[0]}
   log "-- exit $rc after $((SECONDS - start)) s"
   [ "$rc" -eq 0 ] || status=1

@@ -37,7 +37,7 @@ mod tests {
         assert_eq!(super::shard_of(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(super::shard_of("a"), 0xaf63_dc4c_8601_ec8c);
         let ids: Vec<String> = (0..64).map(|i| format!("video{i:03}")).collect();
-        let on_zero = ids.iter().filter(|v| super::shard_of(v) % 2 == 0).count();
+        let on_zero = ids.iter().filter(|v| super::shard_of(v).is_multiple_of(2)).count();
         assert!((16..=48).contains(&on_zero), "{on_zero} of 64 on worker 0");
     }
 }

@@ -56,7 +56,7 @@ impl TextCache {
         let bytes = zstd::stream::decode_all(std::fs::read(self.file(text)?).ok()?.as_slice()).ok()?;
         let floats: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         let h = self.hidden;
-        if floats.len() < h || (floats.len() - h) % h != 0 {
+        if floats.len() < h || !(floats.len() - h).is_multiple_of(h) {
             return None;
         }
         Some(Entry { sentence: floats[..h].to_vec(), n_words: (floats.len() - h) / h, words: floats[h..].to_vec() })

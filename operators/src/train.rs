@@ -314,13 +314,17 @@ fn shard_range(total: usize, shards: usize, k: usize) -> std::ops::Range<usize> 
     (k * per).min(total)..((k + 1) * per).min(total)
 }
 
+/// Called on worker 0 after every step, with the replica as the step left it
+/// (metrics, checkpoints).
+pub type OnStep = Box<dyn FnMut(&Replica, &StepReport)>;
+
 /// Trains on `samples`; emits one report per step (on worker 0).
 pub fn train<'s>(
     samples: Stream<'s, u64, Vec<SampleMsg>>,
     cfg: TrainConfig,
     replica: Replica,
     stats: Arc<RunStats>,
-    on_step: Box<dyn FnMut(&Replica, &StepReport)>,
+    on_step: OnStep,
 ) -> Stream<'s, u64, Vec<StepReport>> {
     let scope = samples.scope();
     let worker = scope.worker();
@@ -512,7 +516,7 @@ pub fn train<'s>(
                     let t = *cap.least().expect("totally ordered");
                     let entry =
                         acc.entry(t).or_insert_with(|| (cap.retain_least(0).expect("totally ordered"), Vec::new()));
-                    entry.1.extend(data.drain(..));
+                    entry.1.append(data);
                 });
                 let done: Vec<u64> = acc.keys().copied().filter(|t| !frontier.less_equal(t)).collect();
                 for step in done {
@@ -592,7 +596,7 @@ pub fn train<'s>(
                     let t = *cap.least().expect("totally ordered");
                     let entry =
                         acc.entry(t).or_insert_with(|| (cap.retain_least(0).expect("totally ordered"), Vec::new()));
-                    entry.1.extend(data.drain(..));
+                    entry.1.append(data);
                 });
                 let done: Vec<u64> = acc.keys().copied().filter(|t| !frontier.less_equal(t)).collect();
                 for t in done {

@@ -42,6 +42,9 @@ struct Plan {
     evals: BTreeMap<String, (crate::graph::EvaluateOptions, EvalModel)>,
 }
 
+/// Features gathered by an evaluation sink on worker 0.
+type SharedVideos = Rc<RefCell<BTreeMap<String, CollectedVideo>>>;
+
 enum AnyStream<'s> {
     Videos(Stream<'s, u64, Vec<VideoItem>>),
     Frames(Stream<'s, u64, Vec<FrameMsg>>),
@@ -261,7 +264,7 @@ pub fn run_extract(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result
             let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<VideoItem>>>::new();
             let probe = ProbeHandle::new();
             let mut local_reports: Vec<(String, Rc<RefCell<WriterReport>>)> = Vec::new();
-            let mut local_collected: Vec<(String, Rc<RefCell<BTreeMap<String, CollectedVideo>>>)> = Vec::new();
+            let mut local_collected: Vec<(String, SharedVideos)> = Vec::new();
             worker.dataflow::<u64, _, _>(|scope| {
                 let mut streams: BTreeMap<String, AnyStream> = BTreeMap::new();
                 for stage in &plan.graph.stages {

@@ -40,7 +40,8 @@ pub fn plot_losses(metrics: &Path, png: &Path) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    let series: Vec<(&str, RGBColor, Vec<(f64, f64)>)> = TERMS
+    type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+    let series: Vec<Series> = TERMS
         .iter()
         .map(|(name, colour)| {
             let pts = rows

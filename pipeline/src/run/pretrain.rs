@@ -252,7 +252,7 @@ struct TrainClip {
 fn schedule_epoch(clips: &[TrainClip], epoch: u32, batch: usize, peers: usize, seed: u64) -> Vec<(usize, u64, u32)> {
     let mut order: Vec<usize> = (0..clips.len()).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ (u64::from(epoch) + 1).wrapping_mul(0x2545_f491_4f6c_dd1d)));
-    let usable = if order.len() % batch != 0 && order.len() % batch < peers {
+    let usable = if !order.len().is_multiple_of(batch) && order.len() % batch < peers {
         order.len() - order.len() % batch
     } else {
         order.len()
@@ -482,8 +482,8 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
                     r.terms.iter().find(|(k, _)| k == "total").map(|t| t.1).unwrap_or(f64::NAN)
                 );
                 let done = r.step + 1;
-                let epoch_end = done % spe == 0;
-                if epoch_end || every.is_some_and(|k| done % k == 0) {
+                let epoch_end = done.is_multiple_of(spe);
+                if epoch_end || every.is_some_and(|k| done.is_multiple_of(k)) {
                     let meta =
                         TrainMeta { epoch: (done / spe) as i64, step: done as i64, seed, extra: BTreeMap::new() };
                     let named = if epoch_end {

@@ -100,8 +100,11 @@ pub fn temporary_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.partial"))
 }
 
+/// Named tensors and the string metadata of a safetensors file.
+pub type NamedTensors = (Vec<(String, Tensor)>, BTreeMap<String, String>);
+
 /// Reads every tensor and the metadata of a safetensors file.
-pub fn read_safetensors(path: &Path) -> Result<(Vec<(String, Tensor)>, BTreeMap<String, String>)> {
+pub fn read_safetensors(path: &Path) -> Result<NamedTensors> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let st = SafeTensors::deserialize(&bytes).with_context(|| format!("{}: not a safetensors file", path.display()))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes)?;

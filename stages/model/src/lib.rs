@@ -156,7 +156,7 @@ mod tests {
     fn xavier_bound_with_gain_sqrt2() {
         let m = LocVtp::new(&tiny(), Device::Cpu, 1);
         let w = &m.vs.variables()["vidProjector.projection.weight"];
-        let bound = 2f64.sqrt() * (6.0 / (16.0 + 8.0) as f64).sqrt();
+        let bound = 2f64.sqrt() * (6.0f64 / (16.0 + 8.0)).sqrt();
         let max = w.abs().max().double_value(&[]);
         assert!(max <= bound && max > 0.5 * bound, "max {max} bound {bound}");
     }

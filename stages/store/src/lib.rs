@@ -121,8 +121,11 @@ pub fn list_videos(path: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Features of every video: id to (values, [num_clips, dim]).
+pub type AllFeatures = BTreeMap<String, (Vec<f32>, [usize; 2])>;
+
 /// Every video's features, keyed by id.
-pub fn read_all(path: &Path, dataset: &str) -> Result<BTreeMap<String, (Vec<f32>, [usize; 2])>> {
+pub fn read_all(path: &Path, dataset: &str) -> Result<AllFeatures> {
     list_videos(path)?.into_iter().map(|v| Ok((v.clone(), read_features(path, &v, dataset)?))).collect()
 }
 
