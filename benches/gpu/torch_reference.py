@@ -136,6 +136,10 @@ def losses(m, clips, text, draws, tau=1.0, w_splice=1.0, w_fg=10.0):
     dev = sentence.device
     segments = clips.to(dev).reshape(b * t, *clips.shape[2:])
     fc6 = m.c3d(normalise_u8(segments)).reshape(b, t, -1)
+    # No-ops for draws already on the device; blocking copies (each waits for
+    # the queued work) for draws in host memory.
+    perm, cuts, neg_words, neg_clips, ctx_words, ctx_clips = (
+        x.to(dev) for x in (perm, cuts, neg_words, neg_clips, ctx_words, ctx_clips))
     v = m.vid_proj(fc6)
     v_spliced = m.vid_proj(splice_samples(fc6, perm, cuts))
     s = m.text_proj(sentence)
@@ -174,7 +178,7 @@ def text_batch(b, n, h, dev):
     return (torch.randn(b, h, device=dev), words, mask), lens
 
 
-def sample_draws(b, t, n, lens, dev, gen):
+def sample_draws(b, t, n, lens, gen):
     """The same kinds and shapes of draws as loss::Draws (a derangement, cuts,
     4 negatives per query, context indices), drawn once on the host."""
     if b > 1:
@@ -188,7 +192,7 @@ def sample_draws(b, t, n, lens, dev, gen):
     neg_clips = torch.randint(0, t, (b, n, NUM_NEGATIVES), generator=gen)
     ctx_words = (u(b, t) * lens_c.view(b, 1)).long()
     ctx_clips = torch.randint(0, t, (b, n), generator=gen)
-    return tuple(x.to(dev) for x in (perm, cuts, neg_words, neg_clips, ctx_words, ctx_clips))
+    return perm, cuts, neg_words, neg_clips, ctx_words, ctx_clips
 
 
 def synchronize(dev):
@@ -225,6 +229,12 @@ def main():
     ap.add_argument("--no-cudnn-benchmark", action="store_true")
     ap.add_argument("--adam", choices=["foreach", "for-loop", "fused"], default="foreach",
                     help="torch.optim.Adam implementation (foreach is PyTorch's default on CUDA)")
+    ap.add_argument("--phase-iters", type=int, default=0,
+                    help="after the timed training loop, this many steps synchronised between forward, backward "
+                         "and optimiser, to show where a step's time goes")
+    ap.add_argument("--draws-on-host", action="store_true",
+                    help="keep the loss draws in host memory and copy them to the device inside every step, "
+                         "after C3D's forward, as stages/model does")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -300,7 +310,9 @@ def main():
             if args.resident_input:
                 clips = clips.to(dev)
             text, lens = text_batch(b, args.words, text_dim, dev)
-            draws = sample_draws(b, t, args.words, lens, dev, gen)
+            draws = sample_draws(b, t, args.words, lens, gen)
+            if not args.draws_on_host:
+                draws = tuple(x.to(dev) for x in draws)
             kw = {"foreach": {"foreach": True}, "for-loop": {"foreach": False}, "fused": {"fused": True}}[args.adam]
             if dev.type != "cuda":
                 kw = {"foreach": False}
@@ -318,6 +330,26 @@ def main():
             ws, s = time_loop(dev, args.warmup, args.iters, train_step)
             rec = record("train", bf16, b, "samples", b, ws, s)
             rec["clips_per_s"] = b * t * args.iters / s
+            rec["draws"] = "host" if args.draws_on_host else "device"
+            if args.phase_iters > 0:
+                ms = [0.0, 0.0, 0.0]
+                for _ in range(args.phase_iters):
+                    synchronize(dev)
+                    t0 = time.perf_counter()
+                    opt.zero_grad()
+                    with amp():
+                        loss = losses(model, clips, text, draws)
+                    synchronize(dev)
+                    t1 = time.perf_counter()
+                    loss.backward()
+                    synchronize(dev)
+                    t2 = time.perf_counter()
+                    opt.step()
+                    synchronize(dev)
+                    t3 = time.perf_counter()
+                    for i, d in enumerate((t1 - t0, t2 - t1, t3 - t2)):
+                        ms[i] += 1e3 * d / args.phase_iters
+                rec["phases_ms"] = {"forward": ms[0], "backward": ms[1], "optimizer": ms[2]}
             loss = float(last[0])
             rec["last_loss"] = loss if math.isfinite(loss) else None
             if rec["last_loss"] is None:

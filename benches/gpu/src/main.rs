@@ -99,6 +99,11 @@ struct Args {
     /// Turn off cuDNN's autotuner (on by default: shapes never change).
     #[arg(long)]
     no_cudnn_benchmark: bool,
+    /// After the timed training loop, this many more steps with the device
+    /// synchronised between forward, backward and optimiser, to show where a
+    /// step's time goes (0: none).
+    #[arg(long, default_value_t = 0)]
+    phase_iters: usize,
     /// Seed of the weights and the synthetic inputs.
     #[arg(long, default_value_t = 0)]
     seed: i64,
@@ -261,6 +266,26 @@ impl Bench<'_> {
         }
         let mut rec = self.record("train", bf16, b, "samples", b, &t);
         rec["clips_per_s"] = json!((b * tt) as f64 * a.iters as f64 / t.seconds);
+        if a.phase_iters > 0 {
+            let mut ms = [0f64; 3];
+            for _ in 0..a.phase_iters {
+                synchronize(self.device);
+                let t0 = Instant::now();
+                zero_gradients(&self.model);
+                let terms = amp::bf16(self.device, bf16, || forward_losses(&self.model, &clips, &text, &draws, &weights));
+                synchronize(self.device);
+                let t1 = Instant::now();
+                terms.total.backward();
+                synchronize(self.device);
+                let t2 = Instant::now();
+                adam.step(&self.model, 1e-3);
+                synchronize(self.device);
+                for (acc, d) in ms.iter_mut().zip([t1 - t0, t2 - t1, t2.elapsed()]) {
+                    *acc += 1e3 * d.as_secs_f64() / a.phase_iters as f64;
+                }
+            }
+            rec["phases_ms"] = json!({ "forward": ms[0], "backward": ms[1], "optimizer": ms[2] });
+        }
         rec["last_loss"] = if loss.is_finite() { json!(loss) } else { serde_json::Value::Null };
         Ok(rec)
     }
