@@ -275,6 +275,9 @@ pub struct TrainConfig {
     /// Parts of a global batch (slot % micro_batches), each a separate
     /// loss computation; part `m` runs on worker `m % workers`.
     pub micro_batches: usize,
+    /// Where items that could not be used are reported (videos that fail to
+    /// decode lose their samples; the step goes on without them).
+    pub errors: Arc<Mutex<Vec<ItemError>>>,
 }
 
 /// One replica, its optimiser and frozen text encoder (behind its cache).
@@ -364,7 +367,11 @@ pub fn train<'s>(
                         match msg {
                             SampleMsg::Sample(s) => entry.1.push(s),
                             SampleMsg::Failed { error, .. } => {
-                                tracing::warn!("{}: {} failed: {}", error.video_id, error.stage, error.reason)
+                                let mut errors = cfg.errors.lock().unwrap_or_else(|e| e.into_inner());
+                                if !errors.iter().any(|e| e.video_id == error.video_id && e.stage == error.stage) {
+                                    tracing::warn!("{}: {} failed: {}", error.video_id, error.stage, error.reason);
+                                    errors.push(error);
+                                }
                             }
                         }
                     }

@@ -210,3 +210,113 @@ fn two_workers_take_the_same_steps_as_one() {
     assert_eq!(lines, one.len() / 2, "one metrics line per step, written once");
     assert!(out.join("checkpoints/last.safetensors").exists());
 }
+
+#[test]
+fn bad_videos_and_narration_cost_only_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_dataset(&data);
+    let (videos, narration) = (data.join("videos"), data.join("narration"));
+    let cue = "WEBVTT\n\n00:00.000 --> 00:01.000\na red ball\n";
+    // Videos that cannot be used, each with narration.
+    std::fs::write(videos.join("zero.mp4"), b"").unwrap();
+    std::fs::write(videos.join("noise.mp4"), (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<_>>()).unwrap();
+    for id in ["zero", "noise"] {
+        std::fs::write(narration.join(format!("{id}.vtt")), cue).unwrap();
+    }
+    // A good video without any narration.
+    locvtp_tests::make_video(&videos.join("silent.mp4"), 64, 48, (25, 1), 1.0);
+    // Narration quirks on good videos: Latin-1 text, an inverted cue, cues
+    // past the end, an empty cue; and narration of a video that is missing.
+    std::fs::remove_file(narration.join("v0.vtt")).unwrap();
+    let mut latin1 =
+        b"WEBVTT\n\n00:00.000 --> 00:01.100\na red circle caf\xe9 moves\n\n00:01.200 --> 00:02.400\n".to_vec();
+    latin1.extend_from_slice(b"a blue square moves up\n\n00:05.000 --> 00:09.000\npast the end\n");
+    std::fs::write(narration.join("v0.vtt"), latin1).unwrap();
+    std::fs::remove_file(narration.join("v1.vtt")).unwrap();
+    std::fs::write(
+        narration.join("v1.srt"),
+        "1\r\n00:00:02,000 --> 00:00:01,000\r\ninverted\r\n\r\n2\r\n00:00:00,000 --> 00:00:01,100\r\na green triangle moves right\r\n\r\n3\r\n00:00:01,200 --> 00:00:02,400\r\n[Music]\r\n\r\n4\r\n00:00:01,200 --> 00:00:02,400\r\na yellow cross moves down\r\n",
+    )
+    .unwrap();
+    std::fs::write(narration.join("ghost.vtt"), cue).unwrap();
+
+    let out = dir.path().join("out");
+    let metrics = run_pretrain(dir.path(), "bad", &out, 1, &[]);
+    assert!(!metrics.is_empty(), "the good items trained");
+    let errors = locvtp_tests::read_errors(&out);
+    let stage_of =
+        |id: &str| errors.iter().find(|e| e["video_id"] == id).map(|e| e["stage"].as_str().unwrap().to_string());
+    assert_eq!(stage_of("zero").as_deref(), Some("probe"), "{errors:?}");
+    assert_eq!(stage_of("noise").as_deref(), Some("probe"), "{errors:?}");
+    assert_eq!(stage_of("silent").as_deref(), Some("align"), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e["video_id"] == "v0" && e["reason"].as_str().unwrap().contains("dropped")),
+        "{errors:?}"
+    );
+    let summary = locvtp_tests::read_summary(&out);
+    assert_eq!(summary["videos"]["total"], 7);
+    assert_eq!(summary["videos"]["failed"], 3, "{summary}");
+    assert!(out.join("checkpoints/last.safetensors").exists());
+
+    // A HowTo100M caption file cut in the middle: the videos before the cut
+    // train, the cut is reported.
+    let json = "{\"v2\": {\"start\": [0.0, 1.2], \"end\": [1.1, 2.4], \"text\": [\"a white square grows\", \"a purple circle\"]},\n \"v3\": {\"start\": [0.0], \"end\": [1.2], \"text\": [\"a blue dia";
+    let caption = dir.path().join("caption.json");
+    std::fs::write(&caption, json).unwrap();
+    let graph = dir.path().join("json.toml");
+    let text = pretrain_graph(&data, &dir.path().join("json-out"), 1)
+        .replace(&format!("dir = \"{}/narration\"", data.display()), &format!("file = \"{}\"", caption.display()));
+    std::fs::write(&graph, text).unwrap();
+    let o = run_flow(dir.path(), &["run", graph.to_str().unwrap(), "-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let errors = locvtp_tests::read_errors(&dir.path().join("json-out"));
+    assert!(
+        errors.iter().any(|e| e["stage"] == "narration" && e["reason"].as_str().unwrap().contains("caption.json")),
+        "{errors:?}"
+    );
+    let summary = locvtp_tests::read_summary(&dir.path().join("json-out"));
+    assert!(summary["training"]["caption_clips"].as_u64().unwrap() >= 1, "{summary}");
+}
+
+#[test]
+fn ctrl_c_stops_training_at_a_step_and_the_same_command_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    make_dataset(&dir.path().join("data"));
+    let full = run_pretrain(dir.path(), "full", &dir.path().join("full"), 6, &[]);
+
+    let out = dir.path().join("stopped");
+    let graph = dir.path().join("stopped.toml");
+    std::fs::write(&graph, pretrain_graph(&dir.path().join("data"), &out, 6)).unwrap();
+    let log = dir.path().join("stopped.log");
+    let mut child = locvtp_tests::spawn_flow(dir.path(), &["run", graph.to_str().unwrap(), "-q"], &log);
+    // Wait for a couple of finished steps, then interrupt.
+    let metrics = out.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map(|t| t.lines().count()).unwrap_or(0) < 2 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");
+        assert!(started.elapsed().as_secs() < 300, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    if status.success() {
+        // The signal arrived after the last step; nothing to resume.
+        assert_eq!(std::fs::read_to_string(&metrics).unwrap().lines().count(), full.len());
+        return;
+    }
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("run the same command to resume"), "{stderr}");
+    let done = std::fs::read_to_string(&metrics).unwrap().lines().count();
+    assert!(done < full.len(), "stopped before the end");
+
+    let resumed = run_pretrain(dir.path(), "stopped", &out, 6, &[]);
+    assert_eq!(resumed.len(), full.len(), "every step once");
+    for (a, b) in full.iter().zip(&resumed) {
+        assert_eq!(a["step"], b["step"]);
+        let (x, y) = (a["total"].as_f64().unwrap(), b["total"].as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "step {}: {x} vs {y}", a["step"]);
+    }
+}

@@ -272,7 +272,8 @@ impl Bench<'_> {
                 synchronize(self.device);
                 let t0 = Instant::now();
                 zero_gradients(&self.model);
-                let terms = amp::bf16(self.device, bf16, || forward_losses(&self.model, &clips, &text, &draws, &weights));
+                let terms =
+                    amp::bf16(self.device, bf16, || forward_losses(&self.model, &clips, &text, &draws, &weights));
                 synchronize(self.device);
                 let t1 = Instant::now();
                 terms.total.backward();

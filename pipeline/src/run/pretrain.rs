@@ -276,6 +276,25 @@ fn text_cache_dir() -> Option<PathBuf> {
     Some(base.join("text-embeddings"))
 }
 
+/// Keeps the metrics lines of steps up to `step`.
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path)?;
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    locvtp_model::checkpoint::atomic_write(path, kept.as_bytes())
+}
+
 fn append_line(path: &Path, line: &str) {
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = writeln!(f, "{line}");
@@ -287,6 +306,9 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
     let started = Instant::now();
     let mut errors = Vec::new();
     let plan = prepare(graph, &mut errors).map_err(ConfigError::wrap)?;
+    // Items are retried on every run: errors of earlier runs are stale.
+    let _ = std::fs::remove_file(&plan.errors_path);
+    let interrupted = super::interrupt::flag();
     let _ = flags;
     let stats = Arc::new(RunStats::default());
     RunStats::add(&stats.videos_total, plan.videos.len() as u64);
@@ -294,7 +316,8 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
     let plan = Arc::new(plan);
     let outcome: Arc<Mutex<(usize, u64, Option<String>)>> = Arc::new(Mutex::new((0, 0, None)));
     {
-        let (plan, stats, errors, outcome) = (plan.clone(), stats.clone(), errors.clone(), outcome.clone());
+        let (plan, stats, errors, outcome, interrupted) =
+            (plan.clone(), stats.clone(), errors.clone(), outcome.clone(), interrupted.clone());
         let guards = cluster.execute(move |worker| {
             let index = worker.index();
             let peers = worker.peers();
@@ -428,6 +451,13 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
                     .unwrap_or_else(|e| panic!("resuming from {}: {e:#}", last.display()));
                 if index == 0 {
                     tracing::info!("resuming from {} (epoch {}, step {})", last.display(), meta.epoch, meta.step);
+                    if let Some(m) = &plan.stages.metrics_path {
+                        // Steps after the checkpoint are trained again: their
+                        // old lines go, so each step keeps one line.
+                        if let Err(e) = truncate_metrics(m, meta.step as u64) {
+                            tracing::warn!("{}: {e:#}", m.display());
+                        }
+                    }
                 }
                 (adam, meta.step as u64)
             } else {
@@ -454,6 +484,7 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
                 steps_per_epoch: spe,
                 first_step,
                 micro_batches: tr.micro_batches.unwrap_or(peers).max(1),
+                errors: errors.clone(),
             };
             let total_steps = spe * tr.epochs as u64;
             let metrics_path = plan.stages.metrics_path.clone();
@@ -462,6 +493,7 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
             let every = tr.checkpoint_every_steps.map(|k| k as u64);
             let seed = plan.seed;
             let outcome_w = outcome.clone();
+            let interrupted = interrupted.clone();
             let on_step = Box::new(move |rep: &Replica, r: &StepReport| {
                 let mut line = serde_json::json!({
                     "step": r.step + 1, "epoch": r.epoch, "lr": r.lr, "samples": r.samples,
@@ -505,6 +537,22 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
                     }
                 }
                 outcome_w.lock().unwrap().1 = done;
+                if super::interrupt::requested(&interrupted) {
+                    // Stop at a step boundary: the finished steps are in the
+                    // checkpoint and the metrics, and the same command
+                    // continues from here.
+                    let meta =
+                        TrainMeta { epoch: (done / spe) as i64, step: done as i64, seed, extra: BTreeMap::new() };
+                    let path = ckpt_dir.join("last.safetensors");
+                    match save_training_checkpoint(&path, &rep.model, &rep.adam, &meta) {
+                        Ok(()) => eprintln!(
+                            "interrupted after step {done}: state saved to {}; run the same command to resume",
+                            path.display()
+                        ),
+                        Err(e) => eprintln!("interrupted after step {done}, but the checkpoint failed: {e:#}"),
+                    }
+                    std::process::exit(i32::from(super::interrupt::exit_code()));
+                }
             });
 
             let mut jobs_in = InputHandle::<u64, CapacityContainerBuilder<Vec<VideoJob>>>::new();
@@ -577,8 +625,12 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
         log.record(e);
     }
     let (clips, steps, fatal) = outcome.lock().unwrap().clone();
+    let listed: std::collections::HashSet<&str> = plan.videos.iter().map(|v| &*v.id).collect();
+    // Videos of the listing that gave no training sample; a dropped caption
+    // clip or a narration file without a video does not count.
     let failed_videos: std::collections::HashSet<&str> = errors
         .iter()
+        .filter(|e| listed.contains(e.video_id.as_str()))
         .filter(|e| e.stage != "align" || e.reason.starts_with("no narration"))
         .map(|e| e.video_id.as_str())
         .collect();
