@@ -133,8 +133,16 @@ fn abort_on_worker_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default(info);
-        eprintln!("error: a worker failed; stopping the run");
-        std::process::exit(1);
+        let cause = if info.to_string().contains("timely communication error") {
+            "a peer process stopped or its connection broke"
+        } else {
+            "a worker failed"
+        };
+        eprintln!("error: {cause}; stopping the run");
+        // `_exit`, not `exit`: other threads are still inside libtorch and
+        // FFmpeg, and running the libraries' exit handlers under them can
+        // crash the process instead of ending it with this code.
+        unsafe { libc::_exit(1) };
     }));
 }
 

@@ -76,3 +76,66 @@ fn a_process_without_peers_gives_up_naming_the_address() {
     assert!(err.contains(&first), "{err}");
     assert!(started.elapsed().as_secs() < 60, "gave up only after {:?}", started.elapsed());
 }
+
+#[test]
+fn a_dead_peer_stops_the_other_process_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let videos = dir.path().join("videos");
+    std::fs::create_dir_all(&videos).unwrap();
+    for i in 0..12 {
+        make_video(&videos.join(format!("d{i:02}.mp4")), 96, 64, (25, 1), 2.0);
+    }
+    let out = dir.path().join("out");
+    let graph = dir.path().join("g.toml");
+    std::fs::write(&graph, extract_graph(&videos, &out, "")).unwrap();
+    let hosts = loopback_hostfile(dir.path(), 2);
+    let start = |p: &str| {
+        locvtp_tests::spawn_flow(
+            dir.path(),
+            &[
+                "run",
+                graph.to_str().unwrap(),
+                "-q",
+                "-n",
+                "2",
+                "-p",
+                p,
+                "-h",
+                hosts.to_str().unwrap(),
+                "--set",
+                "stages.decode.threads=1",
+                "--set",
+                "run.max_in_flight=1",
+            ],
+            &dir.path().join(format!("p{p}.log")),
+        )
+    };
+    let mut first = start("0");
+    let mut second = start("1");
+    // Once the cluster works (a video is finished), process 1 dies.
+    let spool = out.join(".features.h5.spool");
+    let began = Instant::now();
+    while locvtp_store::spool::read_records(&spool).map(|(r, _)| r.len()).unwrap_or(0) < 1 {
+        assert!(first.try_wait().unwrap().is_none(), "the run ended before the failure could be injected");
+        assert!(began.elapsed().as_secs() < 120, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let killed_at = Instant::now();
+    let status = loop {
+        if let Some(s) = first.try_wait().unwrap() {
+            break s;
+        }
+        assert!(killed_at.elapsed().as_secs() < 60, "process 0 hangs after its peer died");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    if status.success() {
+        // Process 0 may have finished everything before the kill landed.
+        assert!(out.join("features.h5").exists());
+    } else {
+        assert_eq!(status.code(), Some(1), "{status}");
+        let log = std::fs::read_to_string(dir.path().join("p0.log")).unwrap();
+        assert!(log.contains("error: a peer process stopped"), "{log}");
+    }
+}
