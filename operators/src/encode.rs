@@ -60,6 +60,10 @@ impl EncodeConfig {
 /// not a failure in the middle of a run.
 pub fn load_encoder(cfg: &EncodeConfig) -> anyhow::Result<LocVtp> {
     let device = parse_device(&cfg.device)?;
+    if device.is_cuda() {
+        // Every batch has the same shape, so cuDNN's autotuner pays once.
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
     let mut model = LocVtp::new(&cfg.model, device, cfg.seed);
     match &cfg.checkpoint {
         Some(path) => {

@@ -77,6 +77,9 @@ pub struct BenchArgs {
     /// Leave out the end-to-end extraction measurement.
     #[arg(long)]
     no_e2e: bool,
+    /// Leave out the decode comparison (only the end-to-end measurement).
+    #[arg(long, conflicts_with = "no_e2e")]
+    no_decode: bool,
     /// Model of the end-to-end measurement.
     #[arg(long, default_value = "configs/c3d-small.toml")]
     model: PathBuf,
@@ -612,7 +615,7 @@ fn bench(args: &BenchArgs) -> Result<Value> {
     }
     println!("locvtp-flow bench: {} cores, decoder threads {threads}; clips/s = 16-frame 112x112 RGB clips delivered per second", cores());
     let mut decode = Vec::new();
-    for set in &sets {
+    for set in sets.iter().filter(|_| !args.no_decode) {
         decode.push(bench_decode(args, set, threads, ffmpeg)?);
     }
     let e2e = if args.no_e2e { Value::Null } else { bench_e2e(args, &sets)? };

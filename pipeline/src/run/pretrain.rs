@@ -444,6 +444,11 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
             // 2. Training.
             let tr = &plan.stages.train;
             let device = parse_device(&tr.device.to_string()).expect("checked in prepare");
+            if device.is_cuda() {
+                // Segment shapes are fixed; only the last batch of an epoch
+                // differs, so cuDNN's autotuner pays off.
+                tch::Cuda::cudnn_set_benchmark(true);
+            }
             let mut model = LocVtp::new(&plan.model, device, plan.seed as i64);
             let last = plan.stages.checkpoints_dir.join("last.safetensors");
             let (adam, first_step) = if tr.resume && last.exists() {

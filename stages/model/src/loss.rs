@@ -161,9 +161,22 @@ impl Draws {
         Ok(d)
     }
 
+    /// The same draws on `device`.
+    pub fn to_device(&self, device: tch::Device) -> Draws {
+        let [perm, cuts, neg_words, neg_clips, ctx_words, ctx_clips] = self.fields().map(|x| x.to_device(device));
+        Draws { perm, cuts, neg_words, neg_clips, ctx_words, ctx_clips }
+    }
+
     /// Checks shapes against a batch of `b` samples, `t` segments and `n`
     /// word columns, and that every index is in range.
+    ///
+    /// Index ranges and the permutation are checked for draws in host memory
+    /// only: reading values back from a GPU would wait for all the work
+    /// queued before (in training, C3D's forward pass). Draws are made on the
+    /// host, and [`crate::train::forward_losses_t`] checks them there before
+    /// moving them.
     pub fn check(&self, b: i64, t: i64, n: i64) -> Result<()> {
+        let on_host = self.fields().iter().all(|x| x.device() == tch::Device::Cpu);
         let k = NUM_NEGATIVES;
         let expected: [(&str, &Tensor, Vec<i64>, i64); 6] = [
             ("perm", &self.perm, vec![b], b),
@@ -180,7 +193,7 @@ impl Draws {
                     tensor.size()
                 );
             }
-            if tensor.numel() > 0 {
+            if on_host && tensor.numel() > 0 {
                 let lo = tensor.min().int64_value(&[]);
                 let hi = tensor.max().int64_value(&[]);
                 if lo < 0 || hi >= bound {
@@ -188,10 +201,12 @@ impl Draws {
                 }
             }
         }
-        let mut seen: Vec<i64> = Vec::<i64>::try_from(&self.perm.to_device(tch::Device::Cpu))?;
-        seen.sort_unstable();
-        if seen != (0..b).collect::<Vec<_>>() {
-            bail!("draws.perm is not a permutation of 0..{b}");
+        if on_host {
+            let mut seen: Vec<i64> = Vec::<i64>::try_from(&self.perm)?;
+            seen.sort_unstable();
+            if seen != (0..b).collect::<Vec<_>>() {
+                bail!("draws.perm is not a permutation of 0..{b}");
+            }
         }
         Ok(())
     }
