@@ -39,6 +39,7 @@ pub struct EncodeConfig {
     pub queue: usize,
     /// Seed of the initial weights when no checkpoint is given.
     pub seed: i64,
+    pub precision: locvtp_model::amp::Precision,
 }
 
 impl EncodeConfig {
@@ -121,7 +122,10 @@ fn run_model(
         pixels.resize(cfg.batch_size * cfg.clip_bytes(), 0);
         let values = tch::no_grad(|| {
             let u8s = Tensor::from_slice(&pixels).reshape([b, f, s, s, 3]).to_device(model.device());
-            let (fc6, projected) = model.encode_clips(&normalise_u8_clips(&u8s), false);
+            let autocast = cfg.precision.autocast(model.device());
+            let (fc6, projected) = locvtp_model::amp::bf16(model.device(), autocast, || {
+                model.encode_clips(&normalise_u8_clips(&u8s), false)
+            });
             let out = match cfg.layer {
                 Layer::Projection => projected,
                 Layer::Fc6 => fc6,

@@ -278,6 +278,7 @@ pub struct TrainConfig {
     /// Where items that could not be used are reported (videos that fail to
     /// decode lose their samples; the step goes on without them).
     pub errors: Arc<Mutex<Vec<ItemError>>>,
+    pub precision: locvtp_model::amp::Precision,
 }
 
 /// One replica, its optimiser and frozen text encoder (behind its cache).
@@ -421,7 +422,10 @@ pub fn train<'s>(
                         let _guard = FORWARD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
                         tch::manual_seed(draw_seed as i64);
                         zero_gradients(&rep.model);
-                        let part_terms = forward_losses(&rep.model, &clips, &text, &draws, &cfg.weights);
+                        let device = rep.model.device();
+                        let part_terms = locvtp_model::amp::bf16(device, cfg.precision.autocast(device), || {
+                            forward_losses(&rep.model, &clips, &text, &draws, &cfg.weights)
+                        });
                         part_terms.total.backward();
                         let g = flatten(&gradients(&rep.model), m as f64);
                         if flat.is_empty() {

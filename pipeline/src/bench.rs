@@ -535,6 +535,7 @@ fn bench_e2e(args: &BenchArgs, sets: &[VideoSet]) -> Result<Value> {
         batch_size: args.batch_size,
         queue: 2,
         seed: 0,
+        precision: locvtp_model::amp::Precision::Auto,
     };
     let device = locvtp_model::parse_device(&args.device)?;
     let on_cpu = device == tch::Device::Cpu;

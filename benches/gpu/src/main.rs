@@ -12,7 +12,7 @@
 //! Each measurement is one JSON line on stdout (the same fields as
 //! `torch_reference.py` prints); progress and a table go to stderr.
 
-mod amp;
+use locvtp_model::amp;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};

@@ -234,6 +234,8 @@ pub struct C3dEncodeOptions {
     pub batch_size: usize,
     /// Batches in flight to the model thread.
     pub queue: usize,
+    /// `auto` (bf16 autocast on CUDA, fp32 elsewhere), `fp32` or `bf16`.
+    pub precision: locvtp_model::amp::Precision,
 }
 
 impl Default for C3dEncodeOptions {
@@ -245,6 +247,7 @@ impl Default for C3dEncodeOptions {
             device: Device::Auto,
             batch_size: 8,
             queue: 4,
+            precision: locvtp_model::amp::Precision::Auto,
         }
     }
 }
@@ -466,6 +469,9 @@ pub struct TrainOptions {
     /// take the same steps.
     #[serde(default)]
     pub micro_batches: Option<usize>,
+    /// `auto` (bf16 autocast on CUDA, fp32 elsewhere), `fp32` or `bf16`.
+    #[serde(default)]
+    pub precision: locvtp_model::amp::Precision,
 }
 
 fn default_epochs() -> usize {

@@ -122,6 +122,7 @@ fn prepare(
                     batch_size: o.batch_size,
                     queue: o.queue,
                     seed: graph.run.seed as i64,
+                    precision: o.precision,
                 };
                 if let Some(&(clip_frames, _)) = clip_geometry.get(&stage.inputs[0]) {
                     if clip_frames as i64 != cfg.model.frames_per_segment {

@@ -490,6 +490,7 @@ pub fn run_pretrain(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Resul
                 first_step,
                 micro_batches: tr.micro_batches.unwrap_or(peers).max(1),
                 errors: errors.clone(),
+                precision: tr.precision,
             };
             let total_steps = spe * tr.epochs as u64;
             let metrics_path = plan.stages.metrics_path.clone();

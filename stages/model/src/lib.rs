@@ -3,6 +3,7 @@
 //! safetensors checkpoints. This crate needs libtorch only (no FFmpeg, no
 //! HDF5), so it runs alone on a GPU machine.
 
+pub mod amp;
 pub mod c3d;
 pub mod checkpoint;
 pub mod config;

@@ -1,4 +1,5 @@
-//! bf16 autocast and CUDA loading, which tch 0.24 does not offer.
+//! Mixed precision (bf16 autocast) and CUDA loading, which tch 0.24 does
+//! not offer.
 //!
 //! `tch::autocast` switches libtorch's CUDA autocast on with its default
 //! reduced type, float16; LocVTP's mixed precision is bfloat16 (no loss
@@ -95,4 +96,66 @@ pub fn load_torch_cuda() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Precision of the model's forward passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// bf16 autocast on CUDA (faster, and equal to fp32 within the tolerance
+    /// the tests check), fp32 elsewhere.
+    #[default]
+    Auto,
+    Fp32,
+    Bf16,
+}
+
+impl Precision {
+    /// Whether forward passes on `device` run under bf16 autocast.
+    pub fn autocast(self, device: Device) -> bool {
+        match self {
+            Precision::Auto => device.is_cuda(),
+            Precision::Fp32 => false,
+            Precision::Bf16 => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{normalise_u8_clips, LocVtp, ModelConfig};
+
+    /// The released C3D's projected clip features under bf16 autocast stay
+    /// within tolerance of fp32, on the GPU where autocast is the default.
+    #[test]
+    fn bf16_features_match_fp32_within_tolerance() {
+        let _ = load_torch_cuda();
+        if !tch::Cuda::is_available() {
+            eprintln!("skipped: no CUDA device");
+            return;
+        }
+        let device = Device::Cuda(0);
+        check_bf16(device).unwrap();
+        let model = LocVtp::new(&ModelConfig::default(), device, 0);
+        tch::manual_seed(1);
+        let clips = Tensor::randint(256, [8, 16, 112, 112, 3], (Kind::Uint8, device));
+        let x = normalise_u8_clips(&clips);
+        let (fp32, bf) = tch::no_grad(|| {
+            let a = model.encode_clips(&x, false).1;
+            let b = bf16(device, true, || model.encode_clips(&x, false).1).to_kind(Kind::Float);
+            (a, b)
+        });
+        let cos = Tensor::cosine_similarity(&fp32, &bf, 1, 1e-8).min().double_value(&[]);
+        let rel = ((&fp32 - &bf).norm() / fp32.norm()).double_value(&[]);
+        eprintln!("bf16 vs fp32: min cosine {cos:.6}, relative error {rel:.2e}");
+        assert!(cos > 0.999 && rel < 0.03, "min cosine {cos}, relative error {rel}");
+    }
+
+    #[test]
+    fn auto_means_bf16_on_cuda_only() {
+        assert!(Precision::Auto.autocast(Device::Cuda(0)));
+        assert!(!Precision::Auto.autocast(Device::Cpu));
+        assert!(Precision::Bf16.autocast(Device::Cpu) && !Precision::Fp32.autocast(Device::Cuda(0)));
+    }
 }
