@@ -256,7 +256,7 @@ fn unknown_stage_option_is_reported_with_its_line_and_the_known_keys() {
         problems[0].to_string(),
         format!(
             "graphs/test.toml:{n}: stages.encode.batchsize: unknown key; expected one of: \
-             model, checkpoint, layer, device, batch_size, queue (did you mean `batch_size`?)"
+             model, checkpoint, layer, device, batch_size, queue, precision (did you mean `batch_size`?)"
         )
     );
 }
@@ -559,7 +559,7 @@ fn override_errors_are_located_at_the_override() {
     assert!(
         shown.contains(
             &"--set stages.encode.batchsize: unknown key; expected one of: \
-          model, checkpoint, layer, device, batch_size, queue (did you mean `batch_size`?)"
+          model, checkpoint, layer, device, batch_size, queue, precision (did you mean `batch_size`?)"
                 .to_string()
         ),
         "{shown:#?}"
