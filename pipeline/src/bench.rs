@@ -51,8 +51,9 @@ pub struct BenchArgs {
     /// Measure these videos instead of generated ones (repeatable).
     #[arg(long = "video", value_name = "FILE")]
     videos: Vec<PathBuf>,
-    /// Generated videos per frame size (640x272 and 1280x720).
-    #[arg(long, default_value_t = 3)]
+    /// Generated videos per frame size (640x272 and 1280x720); a multiple
+    /// of the decoder threads lets the videos spread evenly over them.
+    #[arg(long, default_value_t = 4)]
     count: usize,
     /// Length of each generated video, seconds (25 fps).
     #[arg(long, default_value_t = 10.0)]
@@ -438,8 +439,12 @@ fn bench_decode(args: &BenchArgs, set: &VideoSet, threads: usize, ffmpeg: bool) 
         }
     }
     if let Some(n) = ours_n {
+        // Whole videos go to threads: with equal videos, the busiest thread
+        // decodes ceil(videos / threads) of them.
+        let videos = set.paths.len();
+        let ideal = videos as f64 / videos.div_ceil(threads) as f64;
         println!(
-            "    scaling, {threads} decoder threads / 1: {:.2}x of an ideal {threads}x ({} cores here)",
+            "    scaling, {threads} decoder threads / 1: {:.2}x of an ideal {ideal:.2}x ({videos} videos, {} cores here)",
             n / ours,
             cores()
         );
