@@ -405,3 +405,55 @@ fn config_and_path_errors_exit_2_naming_the_file_and_key_before_any_work() {
         }
     }
 }
+
+#[test]
+fn the_pretraining_graph_trains_on_the_good_ones_and_names_the_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = dir.path().join("videos");
+    let n = dir.path().join("narration");
+    std::fs::create_dir_all(&v).unwrap();
+    std::fs::create_dir_all(&n).unwrap();
+    let cases = make_corpus(&v);
+    for case in &cases {
+        let cues = "WEBVTT\n\n00:00.000 --> 00:00.500\na red circle moves to the left\n\n00:00.500 --> 00:01.000\na blue square moves up\n";
+        std::fs::write(n.join(format!("{}.vtt", case.id())), cues).unwrap();
+    }
+    let out = dir.path().join("out");
+    let graph = dir.path().join("pretrain.toml");
+    let model = locvtp_tests::repo().join("configs/c3d-tiny.toml");
+    std::fs::write(
+        &graph,
+        format!(
+            "[run]\noutput_dir = \"{out}\"\n\n[stages.videos]\ntype = \"video_files\"\ndir = \"{videos}\"\n\n\
+             [stages.narration]\ntype = \"narration\"\ndir = \"{narration}\"\n\n[stages.meta]\ntype = \"probe\"\ninputs = [\"videos\"]\n\n\
+             [stages.captions]\ntype = \"align\"\ninputs = [\"narration\", \"meta\"]\nmin_seconds = 0.2\nmax_seconds = 1.0\nmin_clip_seconds = 0.05\n\n\
+             [stages.decode]\ntype = \"decode\"\ninputs = [\"videos\"]\n\n\
+             [stages.samples]\ntype = \"segments\"\ninputs = [\"decode\", \"captions\"]\nnum_segments = 3\n\n\
+             [stages.train]\ntype = \"train\"\ninputs = [\"samples\"]\nmodel = \"{model}\"\ndevice = \"cpu\"\nepochs = 1\nbatch_size = 4\n\n\
+             [stages.checkpoints]\ntype = \"checkpoints\"\ninputs = [\"train\"]\n\n[stages.metrics]\ntype = \"metrics\"\ninputs = [\"train\"]\n",
+            out = out.display(),
+            videos = v.display(),
+            narration = n.display(),
+            model = model.display(),
+        ),
+    )
+    .unwrap();
+    let o = run_flow(dir.path(), &["run", graph.to_str().unwrap(), "-q"]);
+    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(out.join("checkpoints/last.safetensors").exists(), "{stderr}");
+    assert!(!std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().is_empty());
+    let errors = read_errors(&out);
+    for case in &cases {
+        if let Expect::Error { .. } = case.expect {
+            assert!(
+                errors.iter().any(|e| e["video_id"] == case.id()),
+                "{} is not named in errors.jsonl: {errors:?}",
+                case.file
+            );
+        }
+    }
+    let summary = read_summary(&out);
+    let bad = cases.iter().filter(|c| matches!(c.expect, Expect::Error { .. })).count() as u64;
+    assert!(summary["videos"]["processed"].as_u64().unwrap() + bad >= cases.len() as u64 - 1, "{summary}");
+}

@@ -371,11 +371,13 @@ pub struct AlignOptions {
     pub max_seconds: f64,
     /// Most words in one caption.
     pub max_words: usize,
+    /// Caption clips shorter than this after clamping are dropped.
+    pub min_clip_seconds: f64,
 }
 
 impl Default for AlignOptions {
     fn default() -> Self {
-        AlignOptions { min_seconds: 4.0, max_seconds: 16.0, max_words: 32 }
+        AlignOptions { min_seconds: 4.0, max_seconds: 16.0, max_words: 32, min_clip_seconds: 1.0 }
     }
 }
 
@@ -388,6 +390,7 @@ impl StageSpec for AlignOptions {
     fn validate(&self, checks: &mut Checks) {
         checks.positive("min_seconds", self.min_seconds);
         checks.positive("max_seconds", self.max_seconds);
+        checks.non_negative("min_clip_seconds", self.min_clip_seconds);
         if self.max_seconds < self.min_seconds {
             checks.error(
                 "max_seconds",

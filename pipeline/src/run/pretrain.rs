@@ -97,7 +97,7 @@ fn find_stages(graph: &Graph) -> Result<Stages> {
                     min_seconds: o.min_seconds,
                     max_seconds: o.max_seconds,
                     max_words: o.max_words,
-                    ..AlignConfig::default()
+                    min_clip_seconds: o.min_clip_seconds,
                 })
             }
             StageOptions::Decode(o) => decode = Some(o.clone()),
