@@ -104,6 +104,25 @@ impl RunSummary {
 
     pub fn print_table(&self) {
         let v = &self.videos;
+        if let Some(t) = &self.training {
+            eprintln!(
+                "done: {} videos used, {} failed of {}; {} steps over {} caption clips in {:.1}s ({:.2} samples/s)",
+                v.processed,
+                v.failed,
+                v.total,
+                t["steps"],
+                t["caption_clips"],
+                self.wall_seconds,
+                t["samples_per_s"].as_f64().unwrap_or(0.0)
+            );
+            for (name, path) in &self.outputs {
+                eprintln!("output {name}: {path}");
+            }
+            if let Some(e) = &self.errors_file {
+                eprintln!("per-item errors: {e}");
+            }
+            return;
+        }
         eprintln!(
             "done: {} processed, {} skipped (already done), {} failed of {} videos; {} clips in {:.1}s ({:.2} clips/s, {:.2} videos/s)",
             v.processed, v.skipped, v.failed, v.total, self.clips, self.wall_seconds, self.throughput.clips_per_s, self.throughput.videos_per_s
