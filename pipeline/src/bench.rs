@@ -519,7 +519,7 @@ fn extraction_run(
     let graph = graph::load(&graph_file, &[] as &[&str]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let cluster =
         Cluster { threads: 1, processes: 1, process: 0, hostfile: None, connect_timeout: Duration::from_secs(60) };
-    let flags = RunFlags { strict: true, quiet: true, resume_only: false };
+    let flags = RunFlags { strict: true, quiet: true };
     let summary = run::run(&graph, &cluster, &flags)?;
     if let Some(f) = &summary.fatal {
         bail!("the extraction run failed: {f}");

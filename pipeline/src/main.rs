@@ -209,7 +209,7 @@ fn main() -> ExitCode {
                 connect_timeout: std::time::Duration::from_secs(args.connect_timeout),
             };
             abort_on_worker_panic();
-            let flags = run::RunFlags { strict: args.strict, quiet: args.quiet, resume_only: false };
+            let flags = run::RunFlags { strict: args.strict, quiet: args.quiet };
             match run::run(&graph, &cluster, &flags) {
                 Ok(summary) => {
                     if !cluster.is_first_process() {

@@ -71,7 +71,6 @@ fn layer_name(l: Layer) -> &'static str {
 /// configuration errors (exit code 2).
 fn prepare(
     graph: &Graph,
-    flags: &RunFlags,
     cluster: &Cluster,
     stats: &RunStats,
     interrupted: &Arc<AtomicBool>,
@@ -163,7 +162,7 @@ fn prepare(
                 };
                 if cluster.is_first_process() {
                     let spool_file = spool_path(&o.path);
-                    if o.path.exists() && !spool_file.exists() && !flags.resume_only {
+                    if o.path.exists() && !spool_file.exists() {
                         // A finished file from an earlier run is replaced.
                         tracing::info!("{} exists and will be replaced when this run completes", o.path.display());
                     }
@@ -229,8 +228,7 @@ pub fn run_extract(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result
     let started = Instant::now();
     let stats = Arc::new(RunStats::default());
     let interrupted = super::interrupt::flag();
-    let (plan, rejected, skipped) =
-        prepare(graph, flags, cluster, &stats, &interrupted).map_err(super::ConfigError::wrap)?;
+    let (plan, rejected, skipped) = prepare(graph, cluster, &stats, &interrupted).map_err(super::ConfigError::wrap)?;
     if cluster.is_first_process() {
         let errors_path = graph.run.output_dir.join("errors.jsonl");
         // Failed items are not in the spool, so every run retries them and

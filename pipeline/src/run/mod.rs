@@ -127,7 +127,6 @@ pub struct RunFlags {
     pub strict: bool,
     /// No progress display.
     pub quiet: bool,
-    pub resume_only: bool,
 }
 
 /// A problem found before any work started (exit code 2).
