@@ -128,11 +128,7 @@ fn bench_train_step(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3))
-        .without_plots()
+    locvtp_benches::quick(Duration::from_millis(500), Duration::from_secs(3))
 }
 
 criterion_group! {

@@ -127,11 +127,7 @@ fn bench_align(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2))
-        .without_plots()
+    locvtp_benches::quick(Duration::from_millis(300), Duration::from_secs(2))
 }
 
 criterion_group! {

@@ -5,7 +5,7 @@
 
 use crate::messages::{FrameMsg, ItemError, VideoItem};
 use crate::stats::RunStats;
-use crossbeam_channel::{bounded, TrySendError};
+use crossbeam_channel::bounded;
 use locvtp_media::decode::{decode_video, DecodeOptions};
 use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
@@ -97,16 +97,7 @@ pub fn decode<'s>(
                     backlog.push_back((t, item));
                 }
             });
-            while let Some(job) = backlog.pop_front() {
-                match job_tx.try_send(job) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(job)) => {
-                        backlog.push_front(job);
-                        break;
-                    }
-                    Err(TrySendError::Disconnected(_)) => panic!("all decoder threads have stopped"),
-                }
-            }
+            crate::feed(&mut backlog, &job_tx);
             while let Ok((t, msg)) = res_rx.try_recv() {
                 let finished = !matches!(msg, FrameMsg::Chunk { .. });
                 let cap = caps.get(&t).expect("a capability is held for every video in flight");

@@ -18,6 +18,22 @@ pub mod writer;
 pub use messages::{ClipMsg, FeatureMsg, FrameMsg, ItemError, VideoItem};
 pub use stats::RunStats;
 
+/// Moves queued jobs into a bounded channel of worker threads until it is
+/// full; the rest wait for the next activation (the threads wake the
+/// operator whenever they finish something).
+pub(crate) fn feed<T>(backlog: &mut std::collections::VecDeque<T>, jobs: &crossbeam_channel::Sender<T>) {
+    while let Some(job) = backlog.pop_front() {
+        match jobs.try_send(job) {
+            Ok(()) => {}
+            Err(crossbeam_channel::TrySendError::Full(job)) => {
+                backlog.push_front(job);
+                return;
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => panic!("all decoder threads have stopped"),
+        }
+    }
+}
+
 /// Stable shard key of a video id (FNV-1a, 64 bit): the same id goes to the
 /// same worker in every run and every process, whatever the build.
 pub fn shard_of(video_id: &str) -> u64 {

@@ -14,7 +14,7 @@
 
 use crate::messages::{ItemError, VideoItem};
 use crate::stats::RunStats;
-use crossbeam_channel::{bounded, TrySendError};
+use crossbeam_channel::bounded;
 use locvtp_media::decode::{decode_video, DecodeOptions};
 use locvtp_media::sampling::{caption_frame_range, segment_frame_indices};
 use locvtp_model::loss::{Draws, LossWeights};
@@ -185,16 +185,7 @@ pub fn decode_samples<'s>(
                     next_id += 1;
                 }
             });
-            while let Some(job) = backlog.pop_front() {
-                match job_tx.try_send(job) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(job)) => {
-                        backlog.push_front(job);
-                        break;
-                    }
-                    Err(TrySendError::Disconnected(_)) => panic!("all decoder threads have stopped"),
-                }
-            }
+            crate::feed(&mut backlog, &job_tx);
             while let Ok((t, result)) = res_rx.try_recv() {
                 let cap = caps.remove(&t).expect("a capability is held for every job in flight");
                 match result {
