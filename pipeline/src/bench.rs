@@ -11,10 +11,12 @@
 //! installed. Each figure is the best of `--repeat` runs and is printed with
 //! its ratio to ours.
 //!
-//! End to end: the decode stage alone, the encoder alone on as many
-//! synthetic clips at the same batch size, and `locvtp-flow run` of an
-//! extraction graph over the same videos; extraction should take at most
-//! 1.15 x the slower half, i.e. decoding and encoding overlap.
+//! End to end, for each set of videos: the decode stage alone, the encoder
+//! alone on as many synthetic clips at the same batch size, and
+//! `locvtp-flow run` of an extraction graph over the same videos;
+//! extraction should take at most 1.15 x the slower half, i.e. decoding and
+//! encoding overlap. On the CPU the two halves get disjoint cores (decoder
+//! threads and libtorch's intra-op threads), as in a run that overlaps them.
 
 use crate::graph;
 use crate::run::{self, Cluster, RunFlags};
@@ -95,6 +97,12 @@ pub struct BenchArgs {
     /// overlap; all cores otherwise).
     #[arg(long)]
     e2e_decoder_threads: Option<usize>,
+    /// Clips of each end-to-end measurement at least: a set's videos are
+    /// listed again until they reach it, so that the pipeline's fill and
+    /// drain (a batch of clips before the encoder starts, a batch after
+    /// decoding ends) weigh as little as in a real run.
+    #[arg(long, default_value_t = 256)]
+    e2e_clips: u64,
     /// libtorch's intra-op threads for the encoder (default: the cores the
     /// decoders leave when the encoder runs on the CPU; libtorch's own
     /// choice otherwise).
@@ -497,9 +505,12 @@ fn extraction_run(
     let _ = std::fs::remove_dir_all(&videos);
     let _ = std::fs::remove_dir_all(&output);
     std::fs::create_dir_all(&videos)?;
-    for p in paths {
+    // Numbered links: a video listed twice is two videos to the run, and
+    // the run's (sorted) order is the order of `paths`.
+    for (i, p) in paths.iter().enumerate() {
         let target = std::path::absolute(p)?;
-        std::os::unix::fs::symlink(&target, videos.join(p.file_name().context("video without a file name")?))?;
+        let name = p.file_name().context("video without a file name")?.to_string_lossy();
+        std::os::unix::fs::symlink(&target, videos.join(format!("{i:05}-{name}")))?;
     }
     let text = format!(
         "[run]\noutput_dir = {out}\n\n\
@@ -527,9 +538,15 @@ fn extraction_run(
     Ok(summary)
 }
 
-fn bench_e2e(args: &BenchArgs, sets: &[VideoSet]) -> Result<Value> {
-    let paths: Vec<PathBuf> = sets.iter().flat_map(|s| s.paths.iter().cloned()).collect();
-    let clips: u64 = sets.iter().map(|s| s.clips).sum();
+/// End to end over one set of videos. Each set is measured on its own: in a
+/// folder that mixes slow-to-decode and fast-to-decode videos, the encoder
+/// idles while the slow ones decode and the decoder while the encoder works
+/// off the fast ones, whatever the overlap, so a mixed run measures the order
+/// of the videos as much as the pipeline.
+fn bench_e2e(args: &BenchArgs, set: &VideoSet) -> Result<Value> {
+    let passes = args.e2e_clips.div_ceil(set.clips.max(1)).max(1);
+    let paths: Vec<PathBuf> = (0..passes).flat_map(|_| set.paths.iter().cloned()).collect();
+    let clips = set.clips * passes;
     let model_path = std::path::absolute(&args.model)?;
     let model = ModelConfig::from_toml_file(&model_path)?;
     let cfg = EncodeConfig {
@@ -550,8 +567,10 @@ fn bench_e2e(args: &BenchArgs, sets: &[VideoSet]) -> Result<Value> {
         tch::set_num_threads(n as i32);
     }
     println!(
-        "\n== end to end: {} videos, {clips} clips; model {} on {device:?}, batch {}, {threads} decoder threads, {} torch threads (best of {}; load {})",
+        "\n== end to end, {}: {} videos ({passes} x {}), {clips} clips; model {} on {device:?}, batch {}, {threads} decoder threads, {} torch threads (best of {}; load {})",
+        set.label,
         paths.len(),
+        set.paths.len(),
         args.model.display(),
         args.batch_size,
         tch::get_num_threads(),
@@ -591,7 +610,7 @@ fn bench_e2e(args: &BenchArgs, sets: &[VideoSet]) -> Result<Value> {
         decode.as_secs_f64() + encode.as_secs_f64()
     );
     Ok(json!({
-        "videos": paths.len(), "clips": clips, "model": args.model.display().to_string(), "device": format!("{device:?}"),
+        "videos": set.label, "count": paths.len(), "passes": passes, "clips": clips, "model": args.model.display().to_string(), "device": format!("{device:?}"),
         "batch_size": args.batch_size, "decoder_threads": threads, "torch_threads": tch::get_num_threads(),
         "decode_s": decode.as_secs_f64(), "encode_s": encode.as_secs_f64(), "extraction_s": full.as_secs_f64(),
         "ratio": ratio, "encoder_busy_share": summary.encoder_busy_share, "load_after": load_avg(),
@@ -624,7 +643,10 @@ fn bench(args: &BenchArgs) -> Result<Value> {
     for set in sets.iter().filter(|_| !args.no_decode) {
         decode.push(bench_decode(args, set, threads, ffmpeg)?);
     }
-    let e2e = if args.no_e2e { Value::Null } else { bench_e2e(args, &sets)? };
+    let mut e2e = Vec::new();
+    for set in sets.iter().filter(|_| !args.no_e2e) {
+        e2e.push(bench_e2e(args, set)?);
+    }
     let report = json!({ "cores": cores(), "decode": decode, "end_to_end": e2e });
     let path = args.out.join("bench.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;

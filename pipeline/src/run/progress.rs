@@ -4,20 +4,26 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use locvtp_operators::RunStats;
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct Progress {
-    stop: Arc<AtomicBool>,
+    /// Dropping it wakes the reporting thread at once and ends it, so that a
+    /// finished run does not wait out the thread's tick.
+    stop: Option<Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Waits one tick; false once the run has ended.
+fn tick(stop: &std::sync::mpsc::Receiver<()>, every: Duration) -> bool {
+    matches!(stop.recv_timeout(every), Err(RecvTimeoutError::Timeout))
 }
 
 impl Progress {
     /// Starts reporting `stats` against `total` videos until dropped.
     pub fn start(stats: Arc<RunStats>, total: u64, log_every: Duration, quiet: bool) -> Progress {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let (stop, stopped) = channel::<()>();
         let thread = (!quiet).then(|| {
             std::thread::spawn(move || {
                 let started = Instant::now();
@@ -31,7 +37,7 @@ impl Progress {
                         .expect("static template")
                         .progress_chars("=> "),
                     );
-                    while !flag.load(Ordering::Relaxed) {
+                    loop {
                         bar.set_position(done(&stats));
                         let clips = RunStats::get(&stats.clips_encoded);
                         bar.set_message(format!(
@@ -39,14 +45,15 @@ impl Progress {
                             clips as f64 / started.elapsed().as_secs_f64().max(1e-9),
                             RunStats::get(&stats.videos_failed)
                         ));
-                        std::thread::sleep(Duration::from_millis(200));
+                        if !tick(&stopped, Duration::from_millis(200)) {
+                            break;
+                        }
                     }
                     bar.set_position(done(&stats));
                     bar.finish();
                 } else {
                     let mut last = Instant::now();
-                    while !flag.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(100));
+                    while tick(&stopped, Duration::from_millis(100)) {
                         if last.elapsed() < log_every {
                             continue;
                         }
@@ -66,13 +73,13 @@ impl Progress {
                 }
             })
         });
-        Progress { stop, thread }
+        Progress { stop: Some(stop), thread }
     }
 }
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
