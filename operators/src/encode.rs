@@ -137,6 +137,7 @@ fn run_model(
         });
         RunStats::add(&stats.encoder_busy_ns, busy.elapsed().as_nanos() as u64);
         RunStats::add(&stats.clips_encoded, n as u64);
+        RunStats::add(&stats.encoder_batches, 1);
         if done.send(Ok(Done { tags: job.tags, values })).is_err() {
             return;
         }

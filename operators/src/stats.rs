@@ -20,6 +20,9 @@ pub struct RunStats {
     pub encoder_wait_ns: AtomicU64,
     /// Nanoseconds the encoder spent computing.
     pub encoder_busy_ns: AtomicU64,
+    /// Batches the encoder ran; each costs a full batch however few clips
+    /// it carries (the rest is padding).
+    pub encoder_batches: AtomicU64,
 }
 
 impl RunStats {

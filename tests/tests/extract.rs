@@ -17,6 +17,12 @@ fn run_extract(dir: &Path, name: &str, extra_args: &[&str]) -> Features {
     let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["videos"]["failed"], 0, "{summary}");
     assert_eq!(summary["decode_passes"], summary["videos"]["processed"], "each video is decoded once: {summary}");
+    // A padded partial batch goes out only once its videos have delivered
+    // every clip, so at most one per video beyond the full ones (batch_size
+    // 4 in extract_graph), however the decoders and the model are timed.
+    let (clips, videos) = (summary["clips"].as_u64().unwrap(), summary["videos"]["processed"].as_u64().unwrap());
+    let batches = summary["encoder_batches"].as_u64().unwrap();
+    assert!(batches >= clips.div_ceil(4) && batches <= clips / 4 + videos, "{batches} batches: {summary}");
     locvtp_store::read_all(&out.join("features.h5"), "c3d_features").unwrap()
 }
 

@@ -32,6 +32,8 @@ pub struct RunSummary {
     pub wall_seconds: f64,
     pub throughput: Throughput,
     pub encoder_busy_share: f64,
+    /// Batches the encoder ran, each padded to the configured batch size.
+    pub encoder_batches: u64,
     pub outputs: BTreeMap<String, String>,
     pub errors_file: Option<String>,
     /// Set when the run itself failed (as opposed to some of its items).
@@ -85,6 +87,7 @@ impl RunSummary {
                 frames_per_s: frames as f64 / secs,
             },
             encoder_busy_share: if busy + wait > 0.0 { busy / (busy + wait) } else { 0.0 },
+            encoder_batches: RunStats::get(&stats.encoder_batches),
             outputs,
             errors_file: errors.exists().then(|| errors.display().to_string()),
             fatal,
