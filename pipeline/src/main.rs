@@ -153,28 +153,8 @@ fn load_graph(args: &GraphArgs) -> Result<graph::Graph, ExitCode> {
     })
 }
 
-/// Keeps freed memory in the process for reuse. libtorch allocates every
-/// activation and gradient afresh, and glibc's defaults hand large blocks
-/// back to the kernel: blocks over the mmap threshold (at most 32 MB) get a
-/// new mapping each time, and a thread's arena drops a whole 64 MB heap as
-/// soon as it is empty. Each time the kernel must zero the pages again. On
-/// the CPU that was a third of the encoder's time, slowed the decoder
-/// threads beside it, and made a third of a training step's wall time
-/// kernel time. One arena grown by brk, never trimmed and without mappings,
-/// reaches the run's peak once and the same pages serve every later batch;
-/// small allocations still come from each thread's own cache.
-fn keep_freed_memory() {
-    // SAFETY: called first in main, before any other thread exists or
-    // anything has been allocated through the tuned paths.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
-
 fn main() -> ExitCode {
-    keep_freed_memory();
+    locvtp_model::memory::keep_freed_memory();
     init_logging();
     let cli = Cli::parse();
     match cli.command {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod heads;
 mod init;
 pub mod loss;
+pub mod memory;
 pub mod text;
 pub mod train;
 
