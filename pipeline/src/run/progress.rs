@@ -4,7 +4,7 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use locvtp_operators::RunStats;
 use std::io::IsTerminal;
-use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ pub struct Progress {
 }
 
 /// Waits one tick; false once the run has ended.
-fn tick(stop: &std::sync::mpsc::Receiver<()>, every: Duration) -> bool {
+fn tick(stop: &Receiver<()>, every: Duration) -> bool {
     matches!(stop.recv_timeout(every), Err(RecvTimeoutError::Timeout))
 }
 
