@@ -1,13 +1,12 @@
 //! Gathers every video's features on worker 0, in memory, for sinks that
 //! need all of them at once (evaluation).
 
+use crate::accumulate::PerTime;
 use crate::messages::{FeatureMsg, ItemError};
+use crate::run::RunShared;
 use crate::stats::RunStats;
-use crate::writer::ErrorLog;
-use std::cell::RefCell;
+use crate::writer::{complete, gather, VideosAt};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::Arc;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
@@ -23,64 +22,58 @@ pub struct CollectedVideo {
     pub frames: u64,
 }
 
-#[derive(Default)]
-struct Acc {
-    rows: BTreeMap<u64, Vec<f32>>,
-    end: Option<(String, u64, u64, f64)>,
-    failed: Option<ItemError>,
-}
+/// The complete videos, by id.
+pub type Collected = BTreeMap<String, CollectedVideo>;
 
+/// Collects complete videos on worker 0 and hands them to `on_complete`
+/// once the input is exhausted; returns the videos that arrived incomplete
+/// or failed upstream.
 pub fn collect_features<'s>(
     features: Stream<'s, u64, Vec<FeatureMsg>>,
-    errors_path: PathBuf,
-    stats: Arc<RunStats>,
-    out: Rc<RefCell<BTreeMap<String, CollectedVideo>>>,
-) {
-    features.sink(Exchange::new(|_: &FeatureMsg| 0), "CollectFeatures", {
-        let mut acc: BTreeMap<u64, Acc> = BTreeMap::new();
-        let mut errors = ErrorLog::new(errors_path);
-        move |(input, frontier)| {
+    run: Arc<RunShared>,
+    on_complete: impl FnOnce(Collected) + 'static,
+) -> Stream<'s, u64, Vec<ItemError>> {
+    let is_first = features.scope().index() == 0;
+    features.unary_frontier(Exchange::new(|_: &FeatureMsg| 0), "CollectFeatures", move |_cap, _info| {
+        let mut open: PerTime<VideosAt> = PerTime::default();
+        let mut out = Collected::new();
+        let mut on_complete = Some(on_complete);
+        move |(input, frontier), output| {
             input.for_each(|cap, data| {
-                let t = *cap.least().expect("extraction times are totally ordered");
-                let e = acc.entry(t).or_default();
+                let videos = open.entry(&cap);
                 for msg in data.drain(..) {
-                    match msg {
-                        FeatureMsg::Feature { index, values, .. } => {
-                            e.rows.insert(index, values);
-                        }
-                        FeatureMsg::End { video, clips, frames, fps } => {
-                            e.end = Some((video.to_string(), clips, frames, fps))
-                        }
-                        FeatureMsg::Failed(err) => e.failed = Some(err),
-                    }
+                    gather(videos, msg);
                 }
             });
-            let done: Vec<u64> = acc.keys().copied().filter(|t| !frontier.less_equal(t)).collect();
-            for t in done {
-                let a = acc.remove(&t).expect("listed");
-                match (a.failed, a.end) {
-                    (Some(err), _) => {
-                        errors.record(&err);
-                        RunStats::add(&stats.videos_failed, 1);
+            for (cap, videos) in open.drain_complete(frontier) {
+                let mut errors = Vec::new();
+                for (id, video) in videos {
+                    match complete(&id, video) {
+                        Ok(r) => {
+                            RunStats::add(&run.stats.videos_done, 1);
+                            RunStats::add(&run.stats.clips_written, u64::from(r.num_clips));
+                            let collected = CollectedVideo {
+                                clips: r.num_clips as usize,
+                                dim: r.dim as usize,
+                                fps: r.fps,
+                                frames: r.frames,
+                                values: r.features,
+                            };
+                            out.insert(id, collected);
+                        }
+                        Err(e) => {
+                            RunStats::add(&run.stats.videos_failed, 1);
+                            errors.push(e);
+                        }
                     }
-                    (None, Some((id, clips, frames, fps))) if clips > 0 && a.rows.len() as u64 == clips => {
-                        let dim = a.rows.values().next().map(Vec::len).unwrap_or(0);
-                        let values = a.rows.into_values().flatten().collect();
-                        RunStats::add(&stats.videos_done, 1);
-                        RunStats::add(&stats.clips_written, clips);
-                        out.borrow_mut().insert(id, CollectedVideo { values, clips: clips as usize, dim, fps, frames });
-                    }
-                    (None, end) => {
-                        let id = end.map(|e| e.0).unwrap_or_else(|| "?".into());
-                        errors.record(&ItemError {
-                            video_id: id,
-                            stage: "collect".into(),
-                            reason: "incomplete features".into(),
-                        });
-                        RunStats::add(&stats.videos_failed, 1);
-                    }
+                }
+                output.session(&cap).give_iterator(errors.into_iter());
+            }
+            if frontier.is_empty() && is_first {
+                if let Some(done) = on_complete.take() {
+                    done(std::mem::take(&mut out));
                 }
             }
         }
-    });
+    })
 }

@@ -3,7 +3,8 @@
 //! on in chunks at the video's timestamp. The capability for a video is held
 //! until its last chunk has been sent.
 
-use crate::messages::{FrameMsg, ItemError, VideoItem};
+use crate::messages::{ErrorStage, FrameMsg, ItemError, Reason, VideoItem};
+use crate::run::RunShared;
 use crate::stats::RunStats;
 use crossbeam_channel::bounded;
 use locvtp_media::decode::{decode_video, DecodeOptions};
@@ -17,6 +18,8 @@ use timely::dataflow::Stream;
 
 #[derive(Debug, Clone)]
 pub struct DecodeConfig {
+    /// The stage's name in the graph, for messages.
+    pub stage: String,
     pub options: DecodeOptions,
     /// Videos decoded at once by this worker, each on its own thread.
     pub threads: usize,
@@ -28,7 +31,7 @@ pub struct DecodeConfig {
 pub fn decode<'s>(
     videos: Stream<'s, u64, Vec<VideoItem>>,
     cfg: DecodeConfig,
-    stats: Arc<RunStats>,
+    run: Arc<RunShared>,
 ) -> Stream<'s, u64, Vec<FrameMsg>> {
     let scope = videos.scope();
     let worker = scope.worker();
@@ -38,12 +41,13 @@ pub fn decode<'s>(
         let (job_tx, job_rx) = bounded::<(u64, VideoItem)>(cfg.threads.max(1));
         let (res_tx, res_rx) = bounded::<(u64, FrameMsg)>(cfg.queue.max(1));
         for i in 0..cfg.threads.max(1) {
-            let (job_rx, res_tx, activator, stats) = (job_rx.clone(), res_tx.clone(), activator.clone(), stats.clone());
+            let (job_rx, res_tx, activator, run) = (job_rx.clone(), res_tx.clone(), activator.clone(), run.clone());
             let options = cfg.options;
             std::thread::Builder::new()
                 .name(format!("decode-{i}"))
                 .spawn(move || {
                     for (t, item) in job_rx {
+                        let stats = &run.stats;
                         RunStats::add(&stats.decode_passes, 1);
                         let send = |msg: FrameMsg| {
                             let ok = res_tx.send((t, msg)).is_ok();
@@ -71,11 +75,11 @@ pub fn decode<'s>(
                                 }
                                 FrameMsg::End { video: item.id.clone(), frames: summary.frames, info: summary.info }
                             }
-                            Err(e) => FrameMsg::Failed(ItemError {
-                                video_id: item.id.to_string(),
-                                stage: "decode".into(),
-                                reason: format!("{e:#}"),
-                            }),
+                            Err(e) => FrameMsg::Failed(ItemError::new(
+                                item.id.to_string(),
+                                ErrorStage::Decode,
+                                Reason::unreadable(&e),
+                            )),
                         };
                         if !send(last) {
                             return;
@@ -88,22 +92,28 @@ pub fn decode<'s>(
 
         let mut caps: HashMap<u64, Capability<u64>> = HashMap::new();
         let mut backlog: VecDeque<(u64, VideoItem)> = VecDeque::new();
+        // Videos in flight by a sequence number (several may share a time),
+        // each with the capability for its time.
+        let mut next_job = 0u64;
         move |(input, _frontier), output| {
             input.for_each(|cap, data| {
                 for item in data.drain(..) {
-                    let cap = cap.retain_least(0).expect("extraction times are totally ordered");
-                    let t = *cap.time();
-                    caps.insert(t, cap);
-                    backlog.push_back((t, item));
+                    caps.insert(next_job, cap.retain_least(0).expect("extraction times are totally ordered"));
+                    backlog.push_back((next_job, item));
+                    next_job += 1;
                 }
             });
-            crate::feed(&mut backlog, &job_tx);
-            while let Ok((t, msg)) = res_rx.try_recv() {
+            if crate::feed(&mut backlog, &job_tx).is_err() {
+                run.fail(&cfg.stage, "every decoder thread has stopped");
+                backlog.clear();
+                caps.clear();
+            }
+            while let Ok((job, msg)) = res_rx.try_recv() {
                 let finished = !matches!(msg, FrameMsg::Chunk { .. });
-                let cap = caps.get(&t).expect("a capability is held for every video in flight");
+                let cap = caps.get(&job).expect("a capability is held for every video in flight");
                 output.session(cap).give(msg);
                 if finished {
-                    caps.remove(&t);
+                    caps.remove(&job);
                 }
             }
         }

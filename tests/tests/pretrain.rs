@@ -40,6 +40,7 @@ dir = "{data}/videos"
 
 [stages.narration]
 type = "narration"
+inputs = ["videos"]
 dir = "{data}/narration"
 
 [stages.meta]
@@ -52,13 +53,9 @@ inputs = ["narration", "meta"]
 min_seconds = 0.5
 max_seconds = 1.5
 
-[stages.decode]
-type = "decode"
-inputs = ["videos"]
-
 [stages.samples]
-type = "segments"
-inputs = ["decode", "captions"]
+type = "segment_sampler"
+inputs = ["captions"]
 num_segments = 3
 frames_per_segment = 16
 
@@ -249,7 +246,7 @@ fn bad_videos_and_narration_cost_only_themselves() {
         |id: &str| errors.iter().find(|e| e["video_id"] == id).map(|e| e["stage"].as_str().unwrap().to_string());
     assert_eq!(stage_of("zero").as_deref(), Some("probe"), "{errors:?}");
     assert_eq!(stage_of("noise").as_deref(), Some("probe"), "{errors:?}");
-    assert_eq!(stage_of("silent").as_deref(), Some("align"), "{errors:?}");
+    assert_eq!(stage_of("silent").as_deref(), Some("narration"), "{errors:?}");
     assert!(
         errors.iter().any(|e| e["video_id"] == "v0" && e["reason"].as_str().unwrap().contains("dropped")),
         "{errors:?}"

@@ -16,10 +16,11 @@ use locvtp_model::amp;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use locvtp_model::device::Device as DeviceChoice;
 use locvtp_model::loss::{Draws, LossWeights};
 use locvtp_model::text::TextBatch;
 use locvtp_model::train::{forward_losses, zero_gradients, Adam};
-use locvtp_model::{normalise_u8_clips, parse_device, C3dConfig, LocVtp, ModelConfig};
+use locvtp_model::{normalise_u8_clips, C3dConfig, LocVtp, ModelConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
@@ -293,7 +294,9 @@ impl Bench<'_> {
 }
 
 fn run(args: &Args) -> Result<Vec<serde_json::Value>> {
-    let device = parse_device(&args.device)?;
+    let choice = DeviceChoice::try_from(args.device.clone()).map_err(anyhow::Error::msg)?;
+    choice.check_available()?;
+    let device = choice.for_worker(0);
     if let Device::Cuda(i) = device {
         amp::load_torch_cuda()?;
         let n = tch::Cuda::device_count();

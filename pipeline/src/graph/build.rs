@@ -4,13 +4,16 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 
+use std::sync::Arc;
+
 use super::deser::{closest, deserialize_table, key_path, unknown_key_message};
 use super::error::{GraphError, Location, Problem};
 use super::options::RunOptions;
+use super::parse_options::Parsed;
 use super::paths::PathResolver;
-use super::registry::{Checks, Parsed, StageType, STAGE_TYPES};
 use super::source::{describe_value, dotted, index_segment, is_bare_key, Document, Override};
 use super::{Graph, Stage};
+use crate::engine::{Checks, StageEntry};
 
 const TOP_LEVEL_KEYS: &[&str] = &["run", "stages"];
 
@@ -20,7 +23,7 @@ struct Pending {
     /// `["stages", name]`.
     path: Vec<String>,
     /// `None` when `type` is missing or unknown.
-    ty: Option<&'static StageType>,
+    ty: Option<&'static StageEntry>,
     inputs: Vec<String>,
     /// Whether the stage table has an `inputs` key at all.
     inputs_given: bool,
@@ -40,12 +43,22 @@ impl Pending {
     }
 }
 
+/// How much of a graph to check: a runnable graph, or (for the in-process
+/// tests of one stage) only its stages' own options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Strictness {
+    Whole,
+    #[cfg_attr(not(test), allow(dead_code))]
+    StagesOnly,
+}
+
 pub(crate) fn build<S: AsRef<str>>(
     text: &str,
     file: &Path,
     graph_dir: &Path,
     cwd: &Path,
     overrides: &[S],
+    strictness: Strictness,
 ) -> Result<Graph, GraphError> {
     let mut doc = Document::parse(text, file).map_err(GraphError::new)?;
     let mut problems = Vec::new();
@@ -63,20 +76,27 @@ pub(crate) fn build<S: AsRef<str>>(
     let run = read_run(&doc, &mut problems);
     let stages = read_stages(&doc, &mut problems);
     let index: HashMap<&str, usize> = stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
-    check_edges(&doc, &stages, &index, &mut problems);
+    if strictness == Strictness::Whole {
+        check_edges(&doc, &stages, &index, &mut problems);
+        check_sink(&doc, &stages, &mut problems);
+    }
     check_cycles(&doc, &stages, &index, &mut problems);
-    check_sink(&doc, &stages, &mut problems);
+    if strictness == Strictness::Whole && problems.is_empty() {
+        // A misspelt input leaves its intended source without a consumer:
+        // that is one mistake, reported above.
+        check_dangling(&doc, &stages, &mut problems);
+    }
 
     if let Some(run) = &run {
         let mut checks = Checks::default();
         run.validate(&mut checks);
-        report_checks(&doc, &["run".to_string()], checks, &mut problems);
+        problems.extend(located(&doc, &["run".to_string()], checks));
     }
     for stage in &stages {
         if let Some(parsed) = &stage.parsed {
             let mut checks = Checks::default();
             parsed.options.validate(&mut checks);
-            report_checks(&doc, &stage.path, checks, &mut problems);
+            problems.extend(located(&doc, &stage.path, checks));
         }
     }
 
@@ -104,12 +124,68 @@ pub(crate) fn build<S: AsRef<str>>(
             non_default: parsed.non_default,
         });
     }
-    Ok(Graph { file: file.to_path_buf(), run, stages: out })
+    check_outputs(&doc, &out, &mut problems);
+    if !problems.is_empty() {
+        return Err(GraphError::new(problems));
+    }
+    Ok(Graph { file: file.to_path_buf(), run, stages: out, doc: Arc::new(doc) })
 }
 
-fn report_checks(doc: &Document, prefix: &[String], checks: Checks, problems: &mut Vec<Problem>) {
-    for (key, message) in checks.problems {
-        problems.push(doc.problem(&key_path(prefix, key), message));
+/// The problems of `checks`, made at `prefix` (a stage or `run`).
+fn located(doc: &Document, prefix: &[String], checks: Checks) -> Vec<Problem> {
+    checks
+        .into_parts()
+        .into_iter()
+        .map(|(stage, key, message)| {
+            let base = match stage {
+                Some(name) => vec!["stages".to_string(), name],
+                None => prefix.to_vec(),
+            };
+            doc.problem(&key_path(&base, &key), message)
+        })
+        .collect()
+}
+
+/// No two stages write the same file.
+fn check_outputs(doc: &Document, stages: &[Stage], problems: &mut Vec<Problem>) {
+    let mut seen: HashMap<std::path::PathBuf, (String, &'static str)> = HashMap::new();
+    for stage in stages {
+        for (key, path) in stage.options.outputs() {
+            match seen.get(path) {
+                Some((other, other_key)) => problems.push(doc.problem(
+                    &["stages".to_string(), stage.name.clone(), key.to_string()],
+                    format!(
+                        "{} is also written by stages.{other}.{other_key}; two stages cannot write one file",
+                        path.display()
+                    ),
+                )),
+                None => {
+                    seen.insert(path.to_path_buf(), (stage.name.clone(), key));
+                }
+            }
+        }
+    }
+}
+
+/// Every stage that emits something has a consumer: a stage whose output
+/// goes nowhere would do its work for nothing (usually a misspelt input).
+fn check_dangling(doc: &Document, stages: &[Pending], problems: &mut Vec<Problem>) {
+    for stage in stages {
+        let Some(ty) = stage.ty else { continue };
+        if ty.is_sink() {
+            continue;
+        }
+        let consumed = stages.iter().any(|s| s.inputs.contains(&stage.name));
+        if !consumed {
+            problems.push(doc.problem(
+                &stage.path,
+                format!(
+                    "the output of `{}` ({}) goes nowhere: no stage lists it in its inputs",
+                    stage.name,
+                    ty.output.map(|k| k.to_string()).unwrap_or_default()
+                ),
+            ));
+        }
     }
 }
 
@@ -129,7 +205,11 @@ fn read_run(doc: &Document, problems: &mut Vec<Problem>) -> Option<RunOptions> {
             problems.push(file_problem(doc, "run", "missing the [run] table; it needs at least output_dir"));
             None
         }
-        Some(toml::Value::Table(table)) => deserialize_table(table.clone(), &path, doc, problems),
+        Some(toml::Value::Table(table)) => {
+            let keys = super::schema_keys::<RunOptions>();
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            deserialize_table(table.clone(), &keys, &path, doc, problems)
+        }
         Some(other) => {
             problems.push(doc.problem(&path, format!("expected a table, got {}", describe_value(other))));
             None
@@ -138,7 +218,7 @@ fn read_run(doc: &Document, problems: &mut Vec<Problem>) -> Option<RunOptions> {
 }
 
 fn type_names() -> String {
-    STAGE_TYPES.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+    StageEntry::all().iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
 }
 
 /// Reads each `[stages.<name>]` table, in file order (stages added only by
@@ -194,10 +274,10 @@ fn read_stage(
         None => {
             problems.push(doc.problem(&type_path, format!("missing required key; expected one of: {}", type_names())))
         }
-        Some(toml::Value::String(ty)) => match StageType::lookup(&ty) {
+        Some(toml::Value::String(ty)) => match StageEntry::lookup(&ty) {
             Some(found) => stage.ty = Some(found),
             None => {
-                let names: Vec<&str> = STAGE_TYPES.iter().map(|t| t.name).collect();
+                let names: Vec<&str> = StageEntry::all().iter().map(|t| t.name).collect();
                 let mut message = format!("unknown stage type `{ty}`; expected one of: {}", type_names());
                 if let Some(close) = closest(&ty, &names) {
                     message.push_str(&format!(" (did you mean `{close}`?)"));
@@ -239,7 +319,7 @@ fn read_stage(
     stage
 }
 
-fn ports_text(ty: &StageType) -> String {
+fn ports_text(ty: &StageEntry) -> String {
     ty.inputs.iter().map(|p| format!("{} ({})", p.name, p.kind)).collect::<Vec<_>>().join(", ")
 }
 
@@ -331,7 +411,7 @@ fn check_edges(doc: &Document, stages: &[Pending], index: &HashMap<&str, usize>,
 fn successors(stages: &[Pending], index: &HashMap<&str, usize>) -> Vec<Vec<usize>> {
     let mut succ = vec![Vec::new(); stages.len()];
     for (to, stage) in stages.iter().enumerate() {
-        if stage.ty.is_some_and(StageType::is_source) {
+        if stage.ty.is_some_and(StageEntry::is_source) {
             continue;
         }
         for input in &stage.inputs {
@@ -457,8 +537,8 @@ fn check_sink(doc: &Document, stages: &[Pending], problems: &mut Vec<Problem>) {
     if stages.iter().any(|s| s.ty.is_none()) {
         return;
     }
-    if !stages.iter().any(|s| s.ty.is_some_and(StageType::is_sink)) {
-        let sinks: Vec<&str> = STAGE_TYPES.iter().filter(|t| t.is_sink()).map(|t| t.name).collect();
+    if !stages.iter().any(|s| s.ty.is_some_and(StageEntry::is_sink)) {
+        let sinks: Vec<&str> = StageEntry::all().iter().filter(|t| t.is_sink()).map(|t| t.name).collect();
         problems.push(doc.problem(
             &["stages".to_string()],
             format!("the graph has no sink, so it would compute nothing; add a stage of type {}", sinks.join(", ")),

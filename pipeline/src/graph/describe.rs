@@ -26,7 +26,7 @@ pub(crate) fn describe(graph: &Graph) -> String {
     );
     let _ = writeln!(out, "stages, in topological order:");
     for stage in &graph.stages {
-        let ty = stage.stage_type();
+        let ty = stage.entry();
         let inputs = stage
             .inputs
             .iter()
@@ -45,7 +45,14 @@ pub(crate) fn describe(graph: &Graph) -> String {
         let table = stage.options.to_toml().unwrap_or_default();
         for key in &stage.non_default {
             let value = table.get(key).map_or_else(|| "(unset)".to_string(), ToString::to_string);
-            let _ = writeln!(out, "      {key} = {value}");
+            match ty.doc(key) {
+                Some(doc) => {
+                    let _ = writeln!(out, "      {key} = {value}    # {doc}");
+                }
+                None => {
+                    let _ = writeln!(out, "      {key} = {value}");
+                }
+            }
         }
     }
     out

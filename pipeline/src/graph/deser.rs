@@ -3,55 +3,20 @@
 
 use std::collections::HashSet;
 
-use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde::de::DeserializeOwned;
 use serde_path_to_error::Segment;
 
 use super::error::Problem;
 use super::source::{index_segment, Document};
 
-/// The field names an options struct accepts, in declaration order, read
-/// from its derived `Deserialize` impl so that the list can never drift from
-/// the struct. `None` for types that are not plain structs.
-pub(crate) fn field_names<T: DeserializeOwned>() -> Option<&'static [&'static str]> {
-    let mut fields = None;
-    let _ = T::deserialize(FieldProbe(&mut fields));
-    fields
-}
-
-/// A deserializer that only records the field list serde passes to
-/// `deserialize_struct` and then gives up.
-struct FieldProbe<'a>(&'a mut Option<&'static [&'static str]>);
-
-impl<'de> Deserializer<'de> for FieldProbe<'_> {
-    type Error = de::value::Error;
-
-    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
-        Err(de::Error::custom("not a struct"))
-    }
-
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        fields: &'static [&'static str],
-        _visitor: V,
-    ) -> Result<V::Value, Self::Error> {
-        *self.0 = Some(fields);
-        Err(de::Error::custom("fields recorded"))
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf option unit unit_struct newtype_struct seq tuple
-        tuple_struct map enum identifier ignored_any
-    }
-}
-
-/// Deserializes `table` (found at `prefix`) into `T`. Unknown keys are all
-/// reported up front; then, since serde stops at its first error, each
-/// failing key is reported, removed and the rest retried, so that one pass
-/// finds every bad value. Returns `None` if anything was wrong.
+/// Deserializes `table` (found at `prefix`) into `T`, whose keys are
+/// `fields`. Unknown keys are all reported up front; then, since serde
+/// stops at its first error, each failing key is reported, removed and the
+/// rest retried, so that one pass finds every bad value. Returns `None` if
+/// anything was wrong.
 pub(crate) fn deserialize_table<T: DeserializeOwned>(
     mut table: toml::Table,
+    fields: &[&str],
     prefix: &[String],
     doc: &Document,
     problems: &mut Vec<Problem>,
@@ -62,13 +27,11 @@ pub(crate) fn deserialize_table<T: DeserializeOwned>(
         path
     };
     let mut ok = true;
-    if let Some(fields) = field_names::<T>() {
-        let unknown: Vec<String> = table.keys().filter(|k| !fields.contains(&k.as_str())).cloned().collect();
-        for key in unknown {
-            problems.push(doc.problem(&at(std::slice::from_ref(&key)), unknown_key_message(&key, fields)));
-            table.remove(&key);
-            ok = false;
-        }
+    let unknown: Vec<String> = table.keys().filter(|k| !fields.contains(&k.as_str())).cloned().collect();
+    for key in unknown {
+        problems.push(doc.problem(&at(std::slice::from_ref(&key)), unknown_key_message(&key, fields)));
+        table.remove(&key);
+        ok = false;
     }
     let mut removed = HashSet::new();
     loop {
@@ -131,25 +94,10 @@ pub(crate) fn unknown_key_message(key: &str, expected: &[&str]) -> String {
 pub(crate) fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
-        .map(|c| (edit_distance(word, c), *c))
+        .map(|c| (strsim::levenshtein(word, c), *c))
         .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let substitute = prev[j] + usize::from(ca != cb);
-            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// Path of `key` inside `prefix`, for messages.

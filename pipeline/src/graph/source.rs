@@ -20,6 +20,7 @@ pub(crate) enum Origin {
 /// The graph file parsed into a plain TOML table (what serde reads) with the
 /// origin of every key, so that problems found later can name a line even
 /// though `toml::Value` carries no spans.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Document {
     pub file: PathBuf,
     pub root: toml::Table,

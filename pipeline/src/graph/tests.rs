@@ -1,6 +1,17 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::engine::{DataKind, StageEntry};
+use crate::stage_types::align::Align;
+use crate::stage_types::c3d_encode::C3dEncode;
+use crate::stage_types::decode::Decode;
+use crate::stage_types::hdf5_writer::Hdf5Writer;
+use crate::stage_types::narration::NarrationReader;
+use crate::stage_types::train::Train;
+use crate::stage_types::video_files::VideoFiles;
+use locvtp_model::device::Device;
+use locvtp_model::Layer;
+use locvtp_narration::NarrationFormat;
 
 const EXTRACT: &str = r#"
 [run]
@@ -40,6 +51,7 @@ dir = "videos"
 
 [stages.narration]
 type = "narration"
+inputs = ["videos"]
 file = "caption.json"
 format = "howto100m_json"
 
@@ -51,13 +63,9 @@ inputs = ["videos"]
 type = "align"
 inputs = ["narration", "probe"]
 
-[stages.decode]
-type = "decode"
-inputs = ["videos"]
-
 [stages.segments]
-type = "segments"
-inputs = ["decode", "align"]
+type = "segment_sampler"
+inputs = ["align"]
 
 [stages.train]
 type = "train"
@@ -135,11 +143,8 @@ fn replace(text: &str, from: &str, to: &str) -> String {
     text.replacen(from, to, 1)
 }
 
-fn encode(graph: &Graph) -> &C3dEncodeOptions {
-    match &graph.stage("encode").expect("an encode stage").options {
-        StageOptions::C3dEncode(o) => o,
-        other => panic!("encode is {other:?}"),
-    }
+fn encode(graph: &Graph) -> &C3dEncode {
+    graph.stage("encode").expect("an encode stage").options::<C3dEncode>().expect("c3d_encode options")
 }
 
 #[test]
@@ -151,7 +156,7 @@ fn valid_extract_graph() {
     assert_eq!(graph.run.max_in_flight, 8);
     assert_eq!(graph.run.seed, 0);
     assert_eq!(graph.run.log_every_s, 10.0);
-    assert_eq!(graph.stage("decode").unwrap().options, StageOptions::Decode(DecodeOptions::default()));
+    assert_eq!(graph.stage("decode").unwrap().options::<Decode>(), Some(&Decode::default()));
     assert_eq!(graph.stage("encode").unwrap().inputs, ["clips"]);
     let encode = encode(&graph);
     assert_eq!(encode.batch_size, 4);
@@ -195,46 +200,40 @@ fn every_stage_type_in_a_pretraining_graph() {
     let order: Vec<&str> = graph.stages.iter().map(|s| s.name.as_str()).collect();
     let pos = |n: &str| order.iter().position(|s| *s == n).unwrap();
     assert!(pos("probe") < pos("align") && pos("narration") < pos("align"));
-    assert!(pos("align") < pos("segments") && pos("decode") < pos("segments"));
+    assert!(pos("align") < pos("segments"));
     assert!(pos("train") < pos("metrics") && pos("train") < pos("checkpoints"));
-    let StageOptions::Train(train) = &graph.stage("train").unwrap().options else {
-        panic!("train options");
-    };
+    let train = graph.stage("train").unwrap().options::<Train>().expect("train options");
     assert_eq!(train.milestones, [5, 8]);
     assert_eq!(train.batch_size, 128);
     assert_eq!(train.lr, 0.001);
     assert_eq!(train.w_fg, 10.0);
     assert!(train.resume);
-    let StageOptions::Narration(narration) = &graph.stage("narration").unwrap().options else {
-        panic!("narration options");
-    };
+    let narration = graph.stage("narration").unwrap().options::<NarrationReader>().expect("narration options");
     assert_eq!(narration.format, NarrationFormat::Howto100mJson);
-    let StageOptions::Align(align) = &graph.stage("align").unwrap().options else {
-        panic!("align options");
-    };
-    assert_eq!((align.min_seconds, align.max_seconds, align.max_words), (4.0, 16.0, 32));
+    let align = graph.stage("align").unwrap().options::<Align>().expect("align options");
+    assert_eq!((align.config.min_seconds, align.config.max_seconds, align.config.max_words), (4.0, 16.0, 32));
     // One type per registry entry, and each used here but hdf5-only ones.
-    let used: Vec<&str> = graph.stages.iter().map(|s| s.options.type_name()).collect();
+    let used: Vec<&str> = graph.stages.iter().map(|s| s.entry().name).collect();
     for ty in STAGE_TYPES_IN_PRETRAIN {
         assert!(used.contains(ty), "{ty} in the graph");
     }
 }
 
 const STAGE_TYPES_IN_PRETRAIN: &[&str] =
-    &["video_files", "narration", "probe", "align", "decode", "segments", "train", "checkpoints", "metrics"];
+    &["video_files", "narration", "probe", "align", "segment_sampler", "train", "checkpoints", "metrics"];
 
 #[test]
 fn registry_names_are_unique_and_every_variant_is_registered() {
-    let names: Vec<&str> = registry::STAGE_TYPES.iter().map(|t| t.name).collect();
+    let names: Vec<&str> = StageEntry::all().iter().map(|t| t.name).collect();
     let mut unique = names.clone();
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), names.len());
     for name in &names {
-        assert_eq!(StageType::lookup(name).unwrap().name, *name);
+        assert_eq!(StageEntry::lookup(name).unwrap().name, *name);
     }
-    let sinks: Vec<&str> = registry::STAGE_TYPES.iter().filter(|t| t.is_sink()).map(|t| t.name).collect();
-    assert_eq!(sinks, ["hdf5_writer", "checkpoints", "metrics", "evaluate"]);
+    let sinks: Vec<&str> = StageEntry::all().iter().filter(|t| t.is_sink()).map(|t| t.name).collect();
+    assert_eq!(sinks, ["hdf5_writer", "evaluate", "checkpoints", "metrics"]);
 }
 
 #[test]
@@ -333,10 +332,8 @@ fn missing_or_unknown_stage_type_lists_the_known_types() {
     assert_eq!(p.key, "stages.clips.type");
     assert_eq!(p.location, at_line(line(&text, "dense_clip\"")));
     assert!(
-        p.message.starts_with(
-            "unknown stage type `dense_clip`; expected one of: \
-             video_files, decode, dense_clips, c3d_encode, hdf5_writer"
-        ),
+        p.message.starts_with("unknown stage type `dense_clip`; expected one of: video_files, ")
+            && p.message.contains(", dense_clips, "),
         "{}",
         p.message
     );
@@ -441,8 +438,43 @@ fn a_graph_needs_a_sink() {
     assert_eq!(problems[0].key, "stages");
     assert!(problems[0].message.contains(
         "no sink, so it would compute nothing; \
-                   add a stage of type hdf5_writer, checkpoints, metrics"
+                   add a stage of type hdf5_writer, evaluate, checkpoints, metrics"
     ));
+}
+
+#[test]
+fn a_stage_whose_output_goes_nowhere_is_named_at_its_table() {
+    let text = with_line(PRETRAIN, "[stages.checkpoints]", "");
+    let text = replace(&text, "[stages.metrics]\ntype = \"metrics\"\ninputs = [\"train\"]\n", "");
+    let text = replace(
+        &text,
+        "[stages.checkpoints]\n\ntype = \"checkpoints\"\ninputs = [\"train\"]\n",
+        "[stages.checkpoints]\ntype = \"checkpoints\"\ninputs = [\"align\"]\n",
+    );
+    let problems = errors_of(&text, &[]);
+    let p = problem_at(&problems, "stages.checkpoints.inputs");
+    assert!(p.message.contains("expects Training, got CaptionClips"), "{}", p.message);
+
+    // With the edges right, a train stage nothing reads is the one problem.
+    let text = replace(PRETRAIN, "[stages.metrics]\ntype = \"metrics\"\ninputs = [\"train\"]\n", "");
+    let text = replace(&text, "[stages.checkpoints]\ntype = \"checkpoints\"\ninputs = [\"train\"]\n", "[stages.checkpoints]\ntype = \"metrics\"\ninputs = [\"train\"]\n[stages.extra]\ntype = \"probe\"\ninputs = [\"videos\"]\n");
+    let problems = errors_of(&text, &[]);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert_eq!(problems[0].key, "stages.extra");
+    assert_eq!(problems[0].location, at_line(line(&text, "[stages.extra]")));
+    assert!(problems[0].message.contains("goes nowhere"), "{}", problems[0].message);
+}
+
+#[test]
+fn two_stages_cannot_write_one_file() {
+    let text =
+        format!("{EXTRACT}\n[stages.copy]\ntype = \"hdf5_writer\"\ninputs = [\"encode\"]\npath = \"features.h5\"\n");
+    let problems = errors_of(&text, &[]);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    let p = &problems[0];
+    assert_eq!(p.key, "stages.copy.path");
+    assert_eq!(p.location, at_line(line(&text, "path = \"features.h5\"")));
+    assert!(p.message.contains("also written by stages.write.path"), "{}", p.message);
 }
 
 #[test]
@@ -509,13 +541,9 @@ fn overrides_of_int_string_and_array() {
     );
     assert_eq!(encode(&graph).batch_size, 64);
     assert_eq!(encode(&graph).device, Device::Cuda(Some(0)));
-    let StageOptions::VideoFiles(videos) = &graph.stage("videos").unwrap().options else {
-        panic!("video_files options");
-    };
+    let videos = graph.stage("videos").unwrap().options::<VideoFiles>().expect("videos options");
     assert_eq!(videos.extensions, ["mp4", "webm"]);
-    let StageOptions::Decode(decode) = &graph.stage("decode").unwrap().options else {
-        panic!("decode options");
-    };
+    let decode = graph.stage("decode").unwrap().options::<Decode>().expect("decode options");
     assert_eq!(decode.threads, 4);
     assert_eq!(graph.run.log_every_s, 2.5);
 }
@@ -529,9 +557,7 @@ fn override_values_parse_as_toml_or_else_as_text() {
             "stages.encode=\t{ type = \"c3d_encode\", inputs = [\"clips\"], layer = \"fc6\" }",
         ],
     );
-    let StageOptions::Hdf5Writer(write) = &graph.stage("write").unwrap().options else {
-        panic!("hdf5_writer options");
-    };
+    let write = graph.stage("write").unwrap().options::<Hdf5Writer>().expect("write options");
     assert_eq!(write.dataset, "2024-05-01");
     assert_eq!(encode(&graph).layer, Layer::Fc6);
     assert_eq!(encode(&graph).batch_size, 8, "the inline table replaced the stage");
@@ -539,8 +565,9 @@ fn override_values_parse_as_toml_or_else_as_text() {
 
 #[test]
 fn overrides_can_add_stages() {
-    let graph = ok(EXTRACT, &["stages.probe.type=probe", "stages.probe.inputs=[\"videos\"]"]);
-    assert_eq!(graph.stage("probe").unwrap().inputs, ["videos"]);
+    let graph =
+        ok(EXTRACT, &["stages.copy.type=hdf5_writer", "stages.copy.inputs=[\"encode\"]", "stages.copy.path=copy.h5"]);
+    assert_eq!(graph.stage("copy").unwrap().inputs, ["encode"]);
 }
 
 #[test]
@@ -586,14 +613,10 @@ fn an_override_replaces_the_line_of_the_key_it_sets() {
 #[test]
 fn relative_paths_in_the_file_are_relative_to_the_file() {
     let graph = ok(EXTRACT, &[]);
-    let StageOptions::VideoFiles(videos) = &graph.stage("videos").unwrap().options else {
-        panic!("video_files options");
-    };
+    let videos = graph.stage("videos").unwrap().options::<VideoFiles>().expect("videos options");
     assert_eq!(videos.dir, Path::new("/home/user/work/data/videos"));
     assert_eq!(encode(&graph).model, Path::new("/home/user/work/configs/c3d-tiny.toml"));
-    let StageOptions::Hdf5Writer(write) = &graph.stage("write").unwrap().options else {
-        panic!("hdf5_writer options");
-    };
+    let write = graph.stage("write").unwrap().options::<Hdf5Writer>().expect("write options");
     assert_eq!(
         write.path,
         Path::new("/home/user/work/runs/extract/features.h5"),
@@ -612,14 +635,10 @@ fn relative_paths_from_overrides_and_defaults_are_relative_to_the_working_direct
             "stages.write.path=sub/f.h5",
         ],
     );
-    let StageOptions::VideoFiles(videos) = &graph.stage("videos").unwrap().options else {
-        panic!("video_files options");
-    };
+    let videos = graph.stage("videos").unwrap().options::<VideoFiles>().expect("videos options");
     assert_eq!(videos.dir, Path::new("/home/user/work/clips/../more"));
     assert_eq!(encode(&graph).checkpoint.as_deref(), Some(Path::new("/home/user/work/weights.safetensors")));
-    let StageOptions::Hdf5Writer(write) = &graph.stage("write").unwrap().options else {
-        panic!("hdf5_writer options");
-    };
+    let write = graph.stage("write").unwrap().options::<Hdf5Writer>().expect("write options");
     assert_eq!(write.path, Path::new("/tmp/out/sub/f.h5"));
 
     let text = replace(EXTRACT, "model = \"../configs/c3d-tiny.toml\"\n", "");
@@ -653,17 +672,19 @@ fn describe_lists_stages_edges_kinds_and_non_default_options() {
     let text = graph.describe();
     assert!(text.contains("graph graphs/test.toml: 5 stages, 1 sink"), "{text}");
     assert!(
-        text.contains("  videos [video_files] -> VideoFiles\n      dir = \"/home/user/work/data/videos\"\n"),
-        "{text}"
-    );
-    assert!(text.contains("  decode [decode] <- videos (VideoFiles) -> Frames\n      queue = 9\n  clips"), "{text}");
-    assert!(
         text.contains(
-            "  encode [c3d_encode] <- clips (Clips) -> Features\n      \
-             model = \"/home/user/work/configs/c3d-tiny.toml\"\n      batch_size = 4\n"
+            "  videos [video_files] -> VideoFiles\n      dir = \"/home/user/work/data/videos\"    # Folder searched for videos"
         ),
         "{text}"
     );
+    assert!(
+        text.contains("  decode [decode] <- videos (VideoFiles) -> Frames\n      queue = 9    # Frame chunks buffered"),
+        "{text}"
+    );
+    let encode = text.split("  encode [c3d_encode] <- clips (Clips) -> Features\n").nth(1).expect("encode listed");
+    let lines: Vec<&str> = encode.lines().take(2).collect();
+    assert!(lines[0].starts_with("      model = \"/home/user/work/configs/c3d-tiny.toml\"    # "), "{text}");
+    assert!(lines[1].starts_with("      batch_size = 4    # "), "{text}");
     assert!(text.contains("  write [hdf5_writer] <- encode (Features) -> sink\n"), "{text}");
 }
 

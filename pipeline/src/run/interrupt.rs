@@ -1,42 +1,37 @@
-//! Graceful stop. The first SIGINT (Ctrl-C) or SIGTERM asks the running
-//! graph to take no new work and to keep what it has finished, so that the
-//! same command resumes; a second one ends the process at once.
+//! Graceful stop. The first SIGINT (Ctrl-C) or SIGTERM asks the run to take
+//! no new work and to keep what it has finished (the control dataflow
+//! tells every process of the cluster), so that the same command resumes;
+//! a second one ends the process at once.
 
+use locvtp_operators::{RunShared, StopCause};
 use signal_hook::consts::{SIGINT, SIGTERM};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use signal_hook::iterator::Signals;
+use std::sync::Arc;
 
-static SIGNAL: AtomicUsize = AtomicUsize::new(0);
-
-/// The flag the handlers set; installs them on the first call.
-pub fn flag() -> Arc<AtomicBool> {
-    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-    FLAG.get_or_init(|| {
-        let flag = Arc::new(AtomicBool::new(false));
-        for sig in [SIGINT, SIGTERM] {
-            // Order matters: the shutdown action runs first and only fires
-            // when an earlier signal has already set the flag.
-            let installed = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, flag.clone())
-                .and_then(|_| signal_hook::flag::register_usize(sig, &SIGNAL, sig as usize))
-                .and_then(|_| signal_hook::flag::register(sig, flag.clone()));
-            if let Err(e) = installed {
-                tracing::warn!("cannot handle signal {sig} ({e}): it will end the run without keeping work in flight");
-            }
+/// Routes SIGINT and SIGTERM to `run` for the rest of the process.
+pub fn install(run: Arc<RunShared>) {
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot handle signals ({e}): a signal will end the run without keeping work in flight");
+            return;
         }
-        flag
-    })
-    .clone()
-}
-
-/// True once a stop was asked for.
-pub fn requested(flag: &AtomicBool) -> bool {
-    flag.load(Ordering::SeqCst)
-}
-
-/// Exit code of a run stopped by a signal: 128 + the signal's number.
-pub fn exit_code() -> u8 {
-    match SIGNAL.load(Ordering::SeqCst) {
-        0 => 128 + SIGINT as u8,
-        s => (128 + s) as u8,
+    };
+    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for signal in signals.forever() {
+            if run.stopping() && matches!(run.stop_cause(), Some(StopCause::Signal(_))) {
+                eprintln!("second signal: stopping at once");
+                // `_exit`: other threads are inside libtorch and FFmpeg, and
+                // the libraries' exit handlers could crash under them.
+                unsafe { libc::_exit(128 + signal) };
+            }
+            eprintln!(
+                "stopping: no new work is started; what is in flight finishes and is kept (a second signal stops at once)"
+            );
+            run.request_stop(StopCause::Signal(signal));
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot watch for signals ({e})");
     }
 }

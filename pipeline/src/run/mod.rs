@@ -1,124 +1,26 @@
-//! Running a validated graph: cluster set-up, the topology's driver, the
-//! summary, and how failures map to exit codes.
+//! Running a graph: every stage is prepared (the checks of `check`), then
+//! every worker of the cluster builds the graph's dataflow and the control
+//! dataflow beside it, runs them to completion, and process 0 sums up.
 
-mod evaluate;
-mod extract;
+pub mod cluster;
 pub mod interrupt;
-mod listing;
-mod plot;
-mod pretrain;
 mod progress;
 pub mod summary;
 
-use crate::graph::{Graph, StageOptions};
-use anyhow::{bail, Result};
-use std::path::PathBuf;
+pub use cluster::Cluster;
 
-/// Timely's own cluster options: `-w` threads per process, `-n` processes,
-/// `-p` this process's index, `-h` a hostfile of `host:port` lines.
-#[derive(Debug, Clone)]
-pub struct Cluster {
-    pub threads: usize,
-    pub processes: usize,
-    pub process: usize,
-    pub hostfile: Option<PathBuf>,
-    /// How long a process waits for its peers before giving up.
-    pub connect_timeout: std::time::Duration,
-}
-
-impl Cluster {
-    pub fn is_first_process(&self) -> bool {
-        self.process == 0
-    }
-
-    pub fn workers(&self) -> usize {
-        self.threads * self.processes
-    }
-
-    pub fn addresses(&self) -> Result<Vec<String>> {
-        match &self.hostfile {
-            None => Ok((0..self.processes).map(|i| format!("127.0.0.1:{}", 2101 + i)).collect()),
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("{}: cannot read hostfile: {e}", path.display()))?;
-                let hosts: Vec<String> = text
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(String::from)
-                    .collect();
-                if hosts.len() < self.processes {
-                    bail!("{}: {} addresses for -n {}", path.display(), hosts.len(), self.processes);
-                }
-                Ok(hosts.into_iter().take(self.processes).collect())
-            }
-        }
-    }
-
-    /// Starts timely under a deadline for the cluster to connect: timely
-    /// itself retries unreachable peers forever, so a process whose peers
-    /// never come up stops with a message naming their addresses instead of
-    /// hanging.
-    pub fn execute<T, F>(&self, func: F) -> Result<timely::communication::WorkerGuards<T>>
-    where
-        T: Send + 'static,
-        F: Fn(&mut timely::worker::Worker) -> T + Send + Sync + 'static,
-    {
-        let config = self.timely_config()?;
-        let connected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        if self.processes > 1 {
-            let (flag, addresses, timeout) = (connected.clone(), self.addresses()?, self.connect_timeout);
-            let me = self.process;
-            std::thread::spawn(move || {
-                let deadline = std::time::Instant::now() + timeout;
-                while std::time::Instant::now() < deadline {
-                    if flag.load(std::sync::atomic::Ordering::Relaxed) {
-                        return;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                if !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                    let peers: Vec<String> = addresses
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| *i != me)
-                        .map(|(i, a)| format!("process {i} at {a}"))
-                        .collect();
-                    eprintln!(
-                        "error: process {me} could not connect to its peers within {}s: {} (is every process started, with the same -n and hostfile?)",
-                        timeout.as_secs(),
-                        peers.join(", ")
-                    );
-                    std::process::exit(1);
-                }
-            });
-        }
-        let guards = timely::execute(config, func).map_err(|e| anyhow::anyhow!("cannot start the workers: {e}"))?;
-        connected.store(true, std::sync::atomic::Ordering::Relaxed);
-        Ok(guards)
-    }
-
-    pub fn timely_config(&self) -> Result<timely::Config> {
-        use timely::CommunicationConfig;
-        if self.process >= self.processes {
-            bail!("-p {} is out of range for -n {}", self.process, self.processes);
-        }
-        let communication = if self.processes > 1 {
-            CommunicationConfig::Cluster {
-                threads: self.threads,
-                process: self.process,
-                addresses: self.addresses()?,
-                report: false,
-                zerocopy: false,
-            }
-        } else if self.threads > 1 {
-            CommunicationConfig::Process(self.threads)
-        } else {
-            CommunicationConfig::Thread
-        };
-        Ok(timely::Config { communication, worker: timely::WorkerConfig::default() })
-    }
-}
+use crate::engine::{self, Mode};
+use crate::error::RunError;
+use crate::graph::Graph;
+use locvtp_operators::control::{control, ClusterReport};
+use locvtp_operators::errors::ErrorTally;
+use locvtp_operators::{FatalError, RunShared, StopCause};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+use summary::{RunRecord, RunSummary};
+use timely::dataflow::ProbeHandle;
 
 /// Flags of `locvtp-flow run` beyond the graph.
 #[derive(Debug, Clone, Default)]
@@ -129,37 +31,98 @@ pub struct RunFlags {
     pub quiet: bool,
 }
 
-/// A problem found before any work started (exit code 2).
-#[derive(Debug)]
-pub struct ConfigError(pub anyhow::Error);
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.0)
-    }
+/// What worker 0 knows when the dataflows are complete.
+struct WorkerZero {
+    tally: ErrorTally,
+    report: ClusterReport,
 }
 
-impl std::error::Error for ConfigError {}
-
-impl ConfigError {
-    pub fn wrap(e: anyhow::Error) -> anyhow::Error {
-        anyhow::Error::new(ConfigError(e))
+/// Runs `graph` on this process's part of `cluster`. Process 0 returns the
+/// summary of the whole cluster; the others a summary of what they saw.
+pub fn run(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result<RunSummary, RunError> {
+    let started = Instant::now();
+    let shape = cluster.shape();
+    let prepared = engine::prepare(graph, &shape, Mode::Run)?;
+    if cluster.is_first_process() {
+        // Failed items are retried on every run, so the lines of an earlier
+        // run would repeat or be stale.
+        let errors = graph.run.errors_file();
+        if let Err(e) = std::fs::remove_file(&errors) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(RunError::Setup(anyhow::anyhow!("{}: cannot replace: {e}", errors.display())));
+            }
+        }
     }
-}
-
-/// Runs `graph`; the summary says what happened, per item.
-pub fn run(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result<summary::RunSummary> {
-    let is_extract =
-        graph.stages.iter().any(|s| matches!(s.options, StageOptions::Hdf5Writer(_) | StageOptions::Evaluate(_)));
-    let is_pretrain = graph.stages.iter().any(|s| matches!(s.options, StageOptions::Train(_)));
-    if is_extract {
-        extract::run_extract(graph, cluster, flags)
-    } else if is_pretrain {
-        pretrain::run_pretrain(graph, cluster, flags)
-    } else {
-        Err(ConfigError::wrap(anyhow::anyhow!(
-            "{}: this graph has no runnable topology (an extraction graph ends in an hdf5_writer)",
-            graph.file.display()
-        )))
+    let run = Arc::new(RunShared::default());
+    interrupt::install(run.clone());
+    let progress = progress::Progress::start(
+        run.clone(),
+        std::time::Duration::from_secs_f64(graph.run.log_every_s),
+        flags.quiet || !cluster.is_first_process(),
+    );
+    let prepared = Arc::new(prepared);
+    let errors_path = graph.run.errors_file();
+    let guards = {
+        let (run, prepared) = (run.clone(), prepared.clone());
+        cluster
+            .execute(move |worker| {
+                let index = worker.index();
+                let process_leader = index % shape.threads.max(1) == 0;
+                let tally = Rc::new(RefCell::new(ErrorTally::default()));
+                let report = Rc::new(RefCell::new(ClusterReport::default()));
+                let done = ProbeHandle::new();
+                let built = worker.dataflow::<u64, _, _>(|scope| {
+                    engine::build(scope, &prepared, &run, &done, errors_path.clone(), tally.clone())
+                });
+                if let Err(e) = built {
+                    run.fail(&e.stage, &e.message);
+                }
+                worker.dataflow::<u64, _, _>(|scope| {
+                    control(scope, done.clone(), run.clone(), shape.process, process_leader, report.clone())
+                });
+                while worker.step_or_park(None) {}
+                (index == 0).then(|| WorkerZero { tally: tally.borrow().clone(), report: report.borrow().clone() })
+            })
+            .map_err(RunError::Setup)?
+    };
+    let mut zero = None;
+    for result in guards.join() {
+        match result {
+            Ok(Some(w)) => zero = Some(w),
+            Ok(None) => {}
+            Err(e) => return Err(RunError::Setup(anyhow::anyhow!("a worker failed: {e}"))),
+        }
     }
+    drop(progress);
+
+    let (tally, report) = match zero {
+        Some(w) => (w.tally, w.report),
+        None => (ErrorTally::default(), ClusterReport::default()),
+    };
+    let counts = if report.processes_reported > 0 { report.counts } else { run.stats.snapshot() };
+    let stop = run.stop_cause().map(|cause| (report.stop.map(|(from, _)| from).unwrap_or(shape.process), cause));
+    let fatal = run.fatal().or_else(|| match stop {
+        Some((from, StopCause::Failure)) => Some(FatalError {
+            stage: "?".into(),
+            message: format!("process {from} failed; its log names the stage and the cause"),
+        }),
+        _ => None,
+    });
+    // A signal that came after the last item changes nothing.
+    let cut_short = run.cut_short() || report.cut_short;
+    let signal = match stop {
+        Some((_, StopCause::Signal(s))) if fatal.is_none() && cut_short => Some(s),
+        _ => None,
+    };
+    Ok(RunSummary::new(RunRecord {
+        graph,
+        workers: cluster.workers(),
+        processes: cluster.processes,
+        wall: started.elapsed(),
+        counts,
+        tally: &tally,
+        outputs: run.outputs(),
+        fatal,
+        signal,
+    }))
 }

@@ -2,7 +2,7 @@
 //! lines otherwise.
 
 use indicatif::{ProgressBar, ProgressStyle};
-use locvtp_operators::RunStats;
+use locvtp_operators::{RunShared, RunStats};
 use std::io::IsTerminal;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -21,15 +21,17 @@ fn tick(stop: &Receiver<()>, every: Duration) -> bool {
 }
 
 impl Progress {
-    /// Starts reporting `stats` against `total` videos until dropped.
-    pub fn start(stats: Arc<RunStats>, total: u64, log_every: Duration, quiet: bool) -> Progress {
+    /// Starts reporting the run's counters until dropped.
+    pub fn start(run: Arc<RunShared>, log_every: Duration, quiet: bool) -> Progress {
         let (stop, stopped) = channel::<()>();
         let thread = (!quiet).then(|| {
             std::thread::spawn(move || {
                 let started = Instant::now();
+                let stats = &run.stats;
+                let total = |s: &RunStats| RunStats::get(&s.videos_total);
                 let done = |s: &RunStats| RunStats::get(&s.videos_done) + RunStats::get(&s.videos_failed);
                 if std::io::stderr().is_terminal() {
-                    let bar = ProgressBar::new(total);
+                    let bar = ProgressBar::new(total(stats));
                     bar.set_style(
                         ProgressStyle::with_template(
                             "{elapsed_precise} [{bar:30}] {pos}/{len} videos {per_sec} ETA {eta} {msg}",
@@ -38,7 +40,8 @@ impl Progress {
                         .progress_chars("=> "),
                     );
                     loop {
-                        bar.set_position(done(&stats));
+                        bar.set_length(total(stats));
+                        bar.set_position(done(stats));
                         let clips = RunStats::get(&stats.clips_encoded);
                         bar.set_message(format!(
                             "| {clips} clips, {:.1} clips/s, {} failed",
@@ -49,7 +52,7 @@ impl Progress {
                             break;
                         }
                     }
-                    bar.set_position(done(&stats));
+                    bar.set_position(done(stats));
                     bar.finish();
                 } else {
                     let mut last = Instant::now();
@@ -58,7 +61,8 @@ impl Progress {
                             continue;
                         }
                         last = Instant::now();
-                        let n = done(&stats);
+                        let n = done(stats);
+                        let total = total(stats);
                         let secs = started.elapsed().as_secs_f64();
                         let rate = n as f64 / secs.max(1e-9);
                         let eta = if rate > 0.0 { (total.saturating_sub(n)) as f64 / rate } else { f64::NAN };

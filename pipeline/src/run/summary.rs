@@ -1,8 +1,10 @@
-//! `summary.json`, written beside a run's outputs.
+//! `summary.json`, written beside a run's outputs by process 0, covering
+//! every process of the cluster.
 
-use super::Cluster;
+use crate::error::RunError;
 use crate::graph::Graph;
-use locvtp_operators::RunStats;
+use locvtp_operators::errors::ErrorTally;
+use locvtp_operators::{Counts, FatalError};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,81 +20,121 @@ pub struct VideoCounts {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct RunSummary {
-    pub graph: String,
-    pub topology: String,
-    pub workers: usize,
-    pub processes: usize,
-    pub videos: VideoCounts,
-    pub clips: u64,
-    pub frames_decoded: u64,
-    /// Decoding passes over videos in this process: one per video (and
-    /// epoch), however many clips each serves.
-    pub decode_passes: u64,
-    pub wall_seconds: f64,
-    pub throughput: Throughput,
-    pub encoder_busy_share: f64,
-    /// Batches the encoder ran, each padded to the configured batch size.
-    pub encoder_batches: u64,
-    pub outputs: BTreeMap<String, String>,
-    pub errors_file: Option<String>,
-    /// Set when the run itself failed (as opposed to some of its items).
-    pub fatal: Option<String>,
-    /// Stopped by a signal before its input was done; finished work is kept
-    /// and the same command resumes.
-    pub interrupted: bool,
-    /// Training runs: caption clips, steps taken, samples per second.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub training: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Clone, Serialize)]
 pub struct Throughput {
     pub videos_per_s: f64,
     pub clips_per_s: f64,
     pub frames_per_s: f64,
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub graph: String,
+    /// The kinds of sinks the graph has, e.g. `hdf5_writer` or
+    /// `checkpoints+metrics`.
+    pub topology: String,
+    pub workers: usize,
+    pub processes: usize,
+    pub videos: VideoCounts,
+    pub clips: u64,
+    pub frames_decoded: u64,
+    /// Decoding passes over videos: one per video (and epoch), however many
+    /// clips each serves.
+    pub decode_passes: u64,
+    pub wall_seconds: f64,
+    pub throughput: Throughput,
+    pub encoder_busy_share: f64,
+    /// Batches the encoder ran, each padded to the configured batch size.
+    pub encoder_batches: u64,
+    /// What each stage produced, by stage name.
+    pub outputs: BTreeMap<String, serde_json::Value>,
+    /// Per-item error lines by stage.
+    pub errors_by_stage: BTreeMap<String, u64>,
+    pub errors_file: Option<String>,
+    /// Set when the run itself failed (as opposed to some of its items).
+    pub fatal: Option<FatalError>,
+    /// Stopped by a signal before its input was done; finished work is kept
+    /// and the same command resumes.
+    pub interrupted: bool,
+    /// Training runs: caption clips, steps taken, samples per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub training: Option<serde_json::Value>,
+    /// The signal that stopped the run, if any.
+    #[serde(skip)]
+    pub signal: Option<i32>,
+}
+
+/// Everything a finished run reports, gathered on process 0.
+pub struct RunRecord<'a> {
+    pub graph: &'a Graph,
+    pub workers: usize,
+    pub processes: usize,
+    pub wall: Duration,
+    pub counts: Counts,
+    pub tally: &'a ErrorTally,
+    pub outputs: BTreeMap<String, serde_json::Value>,
+    pub fatal: Option<FatalError>,
+    pub signal: Option<i32>,
+}
+
 impl RunSummary {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        graph: &Graph,
-        topology: &str,
-        cluster: &Cluster,
-        wall: Duration,
-        videos: VideoCounts,
-        stats: &RunStats,
-        outputs: BTreeMap<String, String>,
-        fatal: Option<String>,
-    ) -> RunSummary {
-        let secs = wall.as_secs_f64().max(1e-9);
-        let clips = RunStats::get(&stats.clips_written);
-        let frames = RunStats::get(&stats.frames_decoded);
-        let busy = RunStats::get(&stats.encoder_busy_ns) as f64;
-        let wait = RunStats::get(&stats.encoder_wait_ns) as f64;
-        let errors = graph.run.output_dir.join("errors.jsonl");
+    pub fn new(r: RunRecord<'_>) -> RunSummary {
+        let c = &r.counts;
+        let secs = r.wall.as_secs_f64().max(1e-9);
+        let (busy, wait) = (c.encoder_busy_ns as f64, c.encoder_wait_ns as f64);
+        let errors = r.graph.run.errors_file();
+        let failed = r.tally.lost_videos.len() as u64;
+        let processed = c.videos_done;
+        let training = (c.train_steps > 0 || r.graph.stages.iter().any(|s| s.entry().name == "train")).then(|| {
+            let caption_clips: u64 = r.outputs.values().filter_map(|v| v["caption_clips"].as_u64()).sum();
+            serde_json::json!({
+                "caption_clips": caption_clips,
+                "steps": c.train_steps,
+                "samples_per_s": c.clips_encoded as f64 / secs,
+            })
+        });
         RunSummary {
-            graph: graph.file.display().to_string(),
-            topology: topology.into(),
-            workers: cluster.workers(),
-            processes: cluster.processes,
-            videos: videos.clone(),
-            clips,
-            frames_decoded: frames,
-            decode_passes: RunStats::get(&stats.decode_passes),
-            wall_seconds: wall.as_secs_f64(),
+            graph: r.graph.file.display().to_string(),
+            topology: r.graph.topology(),
+            workers: r.workers,
+            processes: r.processes,
+            videos: VideoCounts { total: c.videos_total, processed, skipped: c.videos_skipped, failed },
+            clips: if training.is_some() { c.clips_encoded } else { c.clips_written },
+            frames_decoded: c.frames_decoded,
+            decode_passes: c.decode_passes,
+            wall_seconds: r.wall.as_secs_f64(),
             throughput: Throughput {
-                videos_per_s: videos.processed as f64 / secs,
-                clips_per_s: clips as f64 / secs,
-                frames_per_s: frames as f64 / secs,
+                videos_per_s: processed as f64 / secs,
+                clips_per_s: c.clips_written as f64 / secs,
+                frames_per_s: c.frames_decoded as f64 / secs,
             },
             encoder_busy_share: if busy + wait > 0.0 { busy / (busy + wait) } else { 0.0 },
-            encoder_batches: RunStats::get(&stats.encoder_batches),
-            outputs,
+            encoder_batches: c.encoder_batches,
+            outputs: r.outputs,
+            errors_by_stage: r.tally.by_stage.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             errors_file: errors.exists().then(|| errors.display().to_string()),
-            fatal,
-            interrupted: false,
-            training: None,
+            fatal: r.fatal,
+            interrupted: r.signal.is_some(),
+            training,
+            signal: r.signal,
+        }
+    }
+
+    /// How the run ended, as the command's result. Only process 0 sees
+    /// every process's counts; the others judge only failures and stops.
+    pub fn outcome(&self, strict: bool, first_process: bool) -> Result<(), RunError> {
+        let v = &self.videos;
+        if let Some(f) = &self.fatal {
+            Err(RunError::Fatal(f.clone()))
+        } else if let Some(signal) = self.signal {
+            Err(RunError::Interrupted { signal })
+        } else if !first_process {
+            Ok(())
+        } else if v.total > 0 && v.processed + v.skipped == 0 {
+            Err(RunError::NothingDone { failed: v.failed })
+        } else if strict && v.failed > 0 {
+            Err(RunError::ItemsFailed { failed: v.failed })
+        } else {
+            Ok(())
         }
     }
 
@@ -118,20 +160,14 @@ impl RunSummary {
                 self.wall_seconds,
                 t["samples_per_s"].as_f64().unwrap_or(0.0)
             );
-            for (name, path) in &self.outputs {
-                eprintln!("output {name}: {path}");
-            }
-            if let Some(e) = &self.errors_file {
-                eprintln!("per-item errors: {e}");
-            }
-            return;
+        } else {
+            eprintln!(
+                "done: {} processed, {} skipped (already done), {} failed of {} videos; {} clips in {:.1}s ({:.2} clips/s, {:.2} videos/s)",
+                v.processed, v.skipped, v.failed, v.total, self.clips, self.wall_seconds, self.throughput.clips_per_s, self.throughput.videos_per_s
+            );
         }
-        eprintln!(
-            "done: {} processed, {} skipped (already done), {} failed of {} videos; {} clips in {:.1}s ({:.2} clips/s, {:.2} videos/s)",
-            v.processed, v.skipped, v.failed, v.total, self.clips, self.wall_seconds, self.throughput.clips_per_s, self.throughput.videos_per_s
-        );
-        for (name, path) in &self.outputs {
-            eprintln!("output {name}: {path}");
+        for (name, output) in &self.outputs {
+            eprintln!("output {name}: {output}");
         }
         if let Some(e) = &self.errors_file {
             eprintln!("per-item errors: {e}");

@@ -20,7 +20,8 @@ const FALLBACK_FPS: f64 = 25.0;
 const MAX_FAILED_READS: u32 = 1000;
 
 /// How frames are decoded and shaped.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default)]
 pub struct DecodeOptions {
     /// Side of the square output frames (112 for C3D).
     pub frame_size: u32,

@@ -5,10 +5,11 @@ use rand::Rng;
 use std::collections::VecDeque;
 
 /// What to do with clips that run past the last frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Tail {
     /// Repeat the last decoded frame: `ceil(n / stride)` clips.
+    #[default]
     Pad,
     /// Only clips whose frames all exist.
     Drop,

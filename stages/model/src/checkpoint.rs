@@ -119,6 +119,26 @@ pub fn read_safetensors(path: &Path) -> Result<NamedTensors> {
     Ok((tensors, metadata))
 }
 
+/// The `__metadata__` of a safetensors file, reading only its header.
+pub fn read_safetensors_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        bail!("{}: not a safetensors file (header of {len} bytes)", path.display());
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).with_context(|| format!("{}: truncated safetensors header", path.display()))?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .with_context(|| format!("{}: not a safetensors file (header is not JSON)", path.display()))?;
+    Ok(header["__metadata__"]
+        .as_object()
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect())
+        .unwrap_or_default())
+}
+
 /// What loading a checkpoint into a model did.
 #[derive(Debug, Default)]
 pub struct LoadReport {

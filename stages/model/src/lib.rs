@@ -7,6 +7,7 @@ pub mod amp;
 pub mod c3d;
 pub mod checkpoint;
 pub mod config;
+pub mod device;
 pub mod heads;
 mod init;
 pub mod loss;
@@ -15,6 +16,7 @@ pub mod text;
 pub mod train;
 
 pub use config::{C3dConfig, ConvInit, ModelConfig};
+pub use device::Layer;
 
 use std::sync::Mutex;
 use tch::nn;
@@ -75,20 +77,6 @@ impl LocVtp {
 /// callers move the compact u8 tensor to the device first.
 pub fn normalise_u8_clips(frames: &Tensor) -> Tensor {
     (frames.permute([0, 4, 1, 2, 3]).to_kind(Kind::Float) / 255.0 - 0.5) / 0.5
-}
-
-/// Parses `auto`, `cpu`, `cuda` or `cuda:N`. `auto` picks the first GPU when
-/// libtorch sees one.
-pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
-    match spec {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => Ok(Device::Cuda(n)),
-            _ => anyhow::bail!("unknown device {other:?}: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""),
-        },
-    }
 }
 
 #[cfg(test)]
@@ -175,13 +163,5 @@ mod tests {
         assert_eq!(at(2, 0, 1), 1.0);
         assert_eq!((at(0, 1, 0), at(1, 1, 0), at(2, 1, 0)), (1.0, -1.0, -1.0));
         assert!((at(1, 1, 1) - (128.0 / 255.0 - 0.5) / 0.5).abs() < 1e-6);
-    }
-
-    #[test]
-    fn device_specs() {
-        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
-        assert_eq!(parse_device("cuda:3").unwrap(), Device::Cuda(3));
-        assert!(parse_device("gpu").is_err());
-        assert!(parse_device("cuda:x").is_err());
     }
 }

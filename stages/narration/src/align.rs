@@ -22,7 +22,7 @@ pub struct CaptionClip {
 }
 
 /// Merge and clamp parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlignConfig {
     /// Merging stops once a clip spans this long (MIL-NCE: 4 s).

@@ -25,11 +25,16 @@ pub struct GroundingQuery {
 }
 
 /// The annotation formats this module reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GroundingFormat {
+    /// `video_id start end##sentence` lines.
+    #[default]
     CharadesSta,
+    /// `{vid: {"duration", "timestamps", "sentences"}}`.
+    #[serde(rename = "activitynet")]
     ActivityNet,
+    /// 2D-TAN's `{vid: {"num_frames", "fps", "timestamps", "sentences"}}`.
     Tacos,
 }
 

@@ -144,3 +144,19 @@ mod tests {
         assert_eq!(video_id_from_path(Path::new(".hidden")), None);
     }
 }
+
+/// Format of narration files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NarrationFormat {
+    /// Chosen per file: `.vtt`/`.srt` by extension in a folder; a `.json`
+    /// file is HowTo100M's, any other file a LocVTP caption list.
+    #[default]
+    Auto,
+    Webvtt,
+    Srt,
+    /// HowTo100M's `caption.json`: per video, `start`, `end`, `text` arrays.
+    Howto100mJson,
+    /// The released LocVTP caption list, one clip a line.
+    LocvtpList,
+}

@@ -3,7 +3,7 @@
 //! cosine between a projected sentence and mean projected clip features,
 //! each metric next to its chance level.
 
-use crate::graph::{EvaluateOptions, GroundingFormat};
+use crate::stage_types::evaluate::Evaluate as EvaluateOptions;
 use anyhow::{Context, Result};
 use locvtp_model::text::TextEncoder;
 use locvtp_model::{LocVtp, ModelConfig};
@@ -15,15 +15,7 @@ use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
 /// Clip features of one video as the encoder produced them.
-#[derive(Debug, Clone)]
-pub struct VideoFeatures {
-    /// Row-major `[clips, dim]`.
-    pub values: Vec<f32>,
-    pub clips: usize,
-    pub dim: usize,
-    pub fps: f64,
-    pub frames: u64,
-}
+pub use locvtp_operators::collect::CollectedVideo as VideoFeatures;
 
 /// What the evaluation needs from the encoder that produced the features.
 #[derive(Debug, Clone)]
@@ -33,6 +25,8 @@ pub struct EvalModel {
     pub seed: i64,
     pub clip_frames: usize,
     pub stride: usize,
+    /// Hugging Face folder of the frozen text encoder.
+    pub text_encoder: PathBuf,
 }
 
 struct Geometry {
@@ -186,12 +180,8 @@ fn grounding(
     features: &BTreeMap<String, VideoFeatures>,
 ) -> Result<serde_json::Value> {
     let Some(path) = &opts.grounding else { return Ok(serde_json::Value::Null) };
-    let format = match opts.grounding_format {
-        GroundingFormat::CharadesSta => locvtp_narration::grounding::GroundingFormat::CharadesSta,
-        GroundingFormat::Activitynet => locvtp_narration::grounding::GroundingFormat::ActivityNet,
-        GroundingFormat::Tacos => locvtp_narration::grounding::GroundingFormat::Tacos,
-    };
-    let parsed = locvtp_narration::grounding::read_file(path, format).with_context(|| path.display().to_string())?;
+    let parsed = locvtp_narration::grounding::read_file(path, opts.grounding_format)
+        .with_context(|| path.display().to_string())?;
     let queries: Vec<_> = parsed.items.into_iter().filter(|q| features.contains_key(&q.video_id)).collect();
     if queries.is_empty() {
         return Ok(json!({"queries": 0}));
@@ -255,12 +245,7 @@ pub fn evaluate(
     if let Some(ck) = &enc.checkpoint {
         locvtp_model::checkpoint::load_weights(&mut model.vs, ck)?;
     }
-    let text_dir = match &opts.text_encoder {
-        Some(p) => p.clone(),
-        None => locvtp_model::text::default_text_encoder_dir()
-            .context("no text encoder: set stages.<evaluate>.text_encoder")?,
-    };
-    let text = TextEncoder::load(&text_dir, Device::Cpu)?;
+    let text = TextEncoder::load(&enc.text_encoder, Device::Cpu)?;
     let geo = Geometry { clip_frames: enc.clip_frames as f64, stride: enc.stride as f64 };
     let result = json!({
         "checkpoint": enc.checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("random-init:{}", enc.seed)),

@@ -1,0 +1,135 @@
+//! What the operators of one process share about the run as a whole: its
+//! counters, whether to stop taking new work, and fatal failures. A fatal
+//! failure is recorded here (with the stage and the cause) instead of
+//! panicking, and asks every source of the cluster to stop, so that the
+//! run ends with a clear error and keeps what it finished.
+
+use crate::stats::RunStats;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Mutex;
+
+/// A failure of the run itself, as opposed to one of its items.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("stage `{stage}`: {message}")]
+pub struct FatalError {
+    /// The graph's name of the stage that failed.
+    pub stage: String,
+    /// The cause, with its context.
+    pub message: String,
+}
+
+/// Why a run stops before its input is exhausted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopCause {
+    /// A signal (SIGINT, SIGTERM) reached a process of the cluster.
+    Signal(i32),
+    /// A stage failed somewhere in the cluster.
+    Failure,
+}
+
+/// Shared by every operator of a process.
+#[derive(Debug, Default)]
+pub struct RunShared {
+    pub stats: RunStats,
+    /// Set once anything asks the run to stop; sources check it before
+    /// starting new work.
+    stopping: AtomicBool,
+    /// Signal number of the stop, or -1 for a failure; 0 while running.
+    cause: AtomicI32,
+    /// A source stopped before its input was exhausted.
+    cut_short: AtomicBool,
+    fatal: Mutex<Option<FatalError>>,
+    /// What stages produced, by stage name: output paths and notes for the
+    /// summary.
+    outputs: Mutex<BTreeMap<String, serde_json::Value>>,
+}
+
+impl RunShared {
+    /// True once the run should take no new work.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Asks the run to stop; the first cause is kept.
+    pub fn request_stop(&self, cause: StopCause) {
+        let code = match cause {
+            StopCause::Signal(s) => s,
+            StopCause::Failure => -1,
+        };
+        let _ = self.cause.compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Tells the run that a source left work undone because of a stop.
+    pub fn mark_cut_short(&self) {
+        self.cut_short.store(true, Ordering::SeqCst);
+    }
+
+    /// True when some source left work undone: the run did not complete,
+    /// and a stop that came after the last item changes nothing.
+    pub fn cut_short(&self) -> bool {
+        self.cut_short.load(Ordering::SeqCst)
+    }
+
+    /// Why the run is stopping, if it is.
+    pub fn stop_cause(&self) -> Option<StopCause> {
+        match self.cause.load(Ordering::SeqCst) {
+            0 => None,
+            -1 => Some(StopCause::Failure),
+            s => Some(StopCause::Signal(s)),
+        }
+    }
+
+    /// Records a fatal failure of `stage` (the first one is kept) and stops
+    /// the run.
+    pub fn fail(&self, stage: &str, cause: impl std::fmt::Display) {
+        let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
+        if fatal.is_none() {
+            let message = cause.to_string();
+            tracing::error!("stage `{stage}` failed: {message}");
+            *fatal = Some(FatalError { stage: stage.to_string(), message });
+        }
+        drop(fatal);
+        self.request_stop(StopCause::Failure);
+    }
+
+    /// The failure recorded in this process, if any.
+    pub fn fatal(&self) -> Option<FatalError> {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records what stage `stage` produced (a path, or a JSON object of
+    /// details), for the run summary.
+    pub fn record_output(&self, stage: &str, value: impl Into<serde_json::Value>) {
+        self.outputs.lock().unwrap_or_else(|e| e.into_inner()).insert(stage.to_string(), value.into());
+    }
+
+    /// Everything recorded with [`RunShared::record_output`].
+    pub fn outputs(&self) -> BTreeMap<String, serde_json::Value> {
+        self.outputs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// True when a stage of this process failed.
+    pub fn failed(&self) -> bool {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_cause_and_failure_are_kept() {
+        let run = RunShared::default();
+        assert!(!run.stopping() && run.stop_cause().is_none());
+        run.request_stop(StopCause::Signal(15));
+        run.fail("encode", "out of memory");
+        run.fail("write", "disk full");
+        assert!(run.stopping());
+        assert_eq!(run.stop_cause(), Some(StopCause::Signal(15)));
+        assert_eq!(run.fatal().unwrap(), FatalError { stage: "encode".into(), message: "out of memory".into() });
+    }
+}

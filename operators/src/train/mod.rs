@@ -1,0 +1,186 @@
+//! Data-parallel training. Timestamps are global optimiser steps. Each
+//! worker holds a replica; a step runs in four operators:
+//!
+//! 1. [`forward`]: once the frontier says a step's samples are complete,
+//!    each worker runs forward and backward on its micro-batches and sends
+//!    each micro-batch's gradient, cut into one shard per worker;
+//! 2. [`reduce`]: each shard's owner sums the micro-batches in their fixed
+//!    order (so the sum does not depend on how many workers computed them)
+//!    and sends the mean to every worker;
+//! 3. [`apply`]: every replica takes the same Adam step; worker 0 copies
+//!    the state for the checkpoint sinks when they need it;
+//! 4. [`replicas`]: worker 0 compares the replicas' parameter checksums and
+//!    emits the step's report, or fails the run at the first difference.
+//!
+//! The next forward waits until the previous step has been applied.
+
+mod apply;
+mod forward;
+mod reduce;
+mod replicas;
+
+use crate::run::RunShared;
+use crate::samples::{Sample, StepInfo};
+use crate::text_cache::TextCache;
+use locvtp_model::loss::LossWeights;
+use locvtp_model::train::{Adam, GradientLayout, MultiStepLr, TrainingSnapshot};
+use locvtp_model::LocVtp;
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use timely::dataflow::Stream;
+
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    /// The stage's name in the graph, for messages.
+    pub stage: String,
+    pub weights: LossWeights,
+    pub schedule: MultiStepLr,
+    pub seed: u64,
+    pub num_segments: usize,
+    pub frames_per_segment: usize,
+    pub frame_size: usize,
+    /// Parts of a global batch (slot % micro_batches), each a separate
+    /// loss computation; part `m` runs on worker `m % workers`.
+    pub micro_batches: usize,
+    pub precision: locvtp_model::amp::Precision,
+    /// Whether a sink wants the training state (checkpoints): it is then
+    /// copied at every epoch end, every `snapshot_every` steps, and after
+    /// each step once the run is stopping.
+    pub snapshots: bool,
+    pub snapshot_every: Option<u64>,
+}
+
+/// One replica, its optimiser and frozen text encoder (behind its cache).
+pub struct Replica {
+    pub model: LocVtp,
+    pub adam: Adam,
+    pub text: TextCache,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepReport {
+    pub at: StepInfo,
+    pub lr: f64,
+    pub samples: u32,
+    /// Each loss term, averaged over the step's samples.
+    pub terms: Vec<(String, f64)>,
+    pub samples_per_s: f64,
+    /// Share of the worker's time spent waiting for data since the last
+    /// step.
+    pub data_wait_share: f64,
+    /// Captions run through the text encoder so far by this process; it
+    /// stops growing once every caption is cached.
+    pub text_encoder_forwards: u64,
+    pub worker: u32,
+    /// Sum of every parameter tensor after the step: equal on all replicas.
+    pub checksum: Vec<f64>,
+}
+
+impl StepReport {
+    /// The total loss.
+    pub fn total(&self) -> f64 {
+        self.terms.iter().find(|(k, _)| k == "total").map(|t| t.1).unwrap_or(f64::NAN)
+    }
+}
+
+/// Why the training state was copied after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotReason {
+    EpochEnd,
+    /// Every `snapshot_every` steps.
+    Periodic,
+    /// The run is stopping for a signal: the last step before the stop.
+    Stop,
+}
+
+/// The training state after a step, for the checkpoint sinks.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub at: StepInfo,
+    pub reason: SnapshotReason,
+    pub state: TrainingSnapshot,
+}
+
+/// What the train stage emits, on worker 0, once per step.
+#[derive(Debug, Clone)]
+pub enum TrainEvent {
+    Step(StepReport),
+    Snapshot(Arc<Snapshot>),
+}
+
+/// State one worker's operators share: the replica, and where training is.
+struct Shared {
+    replica: Replica,
+    layout: GradientLayout,
+    /// Every step below this one has been applied.
+    next_step: u64,
+    forward_activator: Option<timely::scheduling::Activator>,
+    last_apply: Instant,
+    wait: Duration,
+    busy: Duration,
+    /// Snapshots taken by `apply` for `replicas` to emit (worker 0).
+    snapshots: VecDeque<Arc<Snapshot>>,
+}
+
+/// Trains on `samples` from step `first_step` on; emits one report per
+/// step (and the snapshots) on worker 0.
+pub fn train<'s>(
+    samples: Stream<'s, u64, Vec<Sample>>,
+    cfg: TrainConfig,
+    replica: Replica,
+    first_step: u64,
+    run: Arc<RunShared>,
+) -> Stream<'s, u64, Vec<TrainEvent>> {
+    let layout = GradientLayout::of(&replica.model);
+    let shared = Rc::new(RefCell::new(Shared {
+        replica,
+        layout,
+        next_step: first_step,
+        forward_activator: None,
+        last_apply: Instant::now(),
+        wait: Duration::ZERO,
+        busy: Duration::ZERO,
+        snapshots: VecDeque::new(),
+    }));
+    let parts = forward::forward(samples, shared.clone(), cfg.clone(), run.clone());
+    let means = reduce::reduce(parts);
+    let reports = apply::apply(means, shared.clone(), cfg.clone(), run.clone());
+    replicas::check(reports, shared, cfg, run)
+}
+
+/// `f32` values as little-endian bytes, for the exchange (serde writes
+/// bytes in one copy, floats one at a time).
+fn to_bytes(values: &[f32]) -> Vec<u8> {
+    bytemuck::cast_slice(values).to_vec()
+}
+
+fn from_bytes(bytes: &[u8]) -> Vec<f32> {
+    bytemuck::pod_collect_to_vec(bytes)
+}
+
+fn shard_range(total: usize, shards: usize, k: usize) -> std::ops::Range<usize> {
+    let per = total.div_ceil(shards.max(1));
+    (k * per).min(total)..((k + 1) * per).min(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_the_vector_once_whatever_the_worker_count() {
+        for total in [0usize, 1, 7, 100] {
+            for shards in 1..5 {
+                let covered: Vec<usize> = (0..shards).flat_map(|k| shard_range(total, shards, k)).collect();
+                assert_eq!(covered, (0..total).collect::<Vec<_>>());
+            }
+        }
+        let v = vec![1.5f32, -2.0, 3.25];
+        assert_eq!(from_bytes(&to_bytes(&v)), v);
+    }
+}

@@ -1,0 +1,251 @@
+//! The `locvtp-flow` command line: argument parsing and the commands. The
+//! exit code of every failure is decided by [`RunError::exit_code`].
+
+use crate::error::RunError;
+use crate::run::{self, Cluster, RunFlags};
+use crate::{bench, engine, graph, inspect};
+use clap::{ArgAction, Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const EXAMPLES: &str = "\
+Examples:
+  locvtp-flow demo-data                              # generate the demo videos and narration
+  locvtp-flow check graphs/extract.toml              # validate a graph and print its topology
+  locvtp-flow run graphs/extract.toml                # clip features of a folder of videos -> HDF5
+  locvtp-flow run graphs/extract.toml --set stages.encode.device=cpu --set stages.encode.batch_size=4
+  locvtp-flow run graphs/extract.toml -w 2           # two worker threads
+  locvtp-flow run graphs/extract.toml -n 2 -p 0 &    # two processes on this machine (loopback):
+  locvtp-flow run graphs/extract.toml -n 2 -p 1      #   one command per process
+  locvtp-flow run graphs/extract.toml -n 4 -p 2 -h hosts.txt   # process 2 of 4 on several machines
+
+Exit codes: 0 the run completed (individual bad items are listed in errors.jsonl),
+1 the run failed, 2 the graph or a path in it is wrong (nothing was started),
+130 stopped by Ctrl-C (143 by SIGTERM): finished work is kept and the same
+command resumes; a second Ctrl-C aborts at once.";
+
+#[derive(Parser)]
+#[command(name = "locvtp-flow", version, about, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a graph: `locvtp-flow run graphs/extract.toml`.
+    #[command(disable_help_flag = true, after_help = EXAMPLES)]
+    Run(RunArgs),
+    /// Validate a graph and print its stages, types and edges.
+    #[command(disable_help_flag = true)]
+    Check(GraphArgs),
+    /// Write every intermediate of the losses (V, S, W, A, positives,
+    /// negatives, V', each term) for given inputs and draws to safetensors.
+    Inspect {
+        /// Model configuration (TOML).
+        #[arg(long)]
+        model: PathBuf,
+        /// Weights (safetensors); random initialisation with --seed if absent.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Text encoder folder, for inputs given as token ids.
+        #[arg(long)]
+        text_encoder: Option<PathBuf>,
+        /// Inputs and draws (safetensors); see the module documentation.
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Output file (safetensors).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+        #[arg(long, default_value_t = 1.0)]
+        tau: f64,
+        #[arg(long, default_value_t = 1.0)]
+        w_splice: f64,
+        #[arg(long, default_value_t = 10.0)]
+        w_fg: f64,
+    },
+    /// Decode throughput against FFmpeg's CLI and Python loaders, and
+    /// extraction end to end against its decode and encode halves.
+    Bench(bench::BenchArgs),
+    /// List the stage types: ports, options with defaults, and what each
+    /// option means.
+    Stages {
+        /// Only this stage type.
+        name: Option<String>,
+    },
+    /// Write the deterministic demo set (narrated videos of moving shapes).
+    DemoData {
+        /// Output folder.
+        #[arg(long, default_value = "data/demo")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Args)]
+struct GraphArgs {
+    /// The graph file (TOML).
+    graph: PathBuf,
+    /// Override an option: `--set stages.encode.batch_size=64` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    #[arg(long, action = ArgAction::Help, help = "Print help")]
+    help: Option<bool>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    graph: GraphArgs,
+    /// Worker threads per process (timely's -w).
+    #[arg(short = 'w', long = "threads", default_value_t = 1)]
+    threads: usize,
+    /// Number of processes (timely's -n).
+    #[arg(short = 'n', long = "processes", default_value_t = 1)]
+    processes: usize,
+    /// This process's index, 0..n (timely's -p).
+    #[arg(short = 'p', long = "process", default_value_t = 0)]
+    process: usize,
+    /// File of `host:port` lines, one per process (timely's -h); defaults
+    /// to 127.0.0.1:2101, 2102, ... on loopback.
+    #[arg(short = 'h', long = "hostfile")]
+    hostfile: Option<PathBuf>,
+    /// Seconds a process waits for its cluster peers to connect.
+    #[arg(long, default_value_t = 60)]
+    connect_timeout: u64,
+    /// Treat any per-item error as a failure of the run.
+    #[arg(long)]
+    strict: bool,
+    /// No progress display.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCVTP_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+/// A panic is a bug, but a panicking worker thread would leave the others
+/// waiting forever for its progress: the process ends with exit code 1, and
+/// the processes of a cluster see the connection drop and stop in turn.
+/// (Timely's network threads panic when a peer's connection breaks.)
+fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let cause = if info.to_string().contains("timely communication error") {
+            "a peer process stopped or its connection broke"
+        } else {
+            "a worker failed"
+        };
+        eprintln!("error: {cause}; stopping the run");
+        // `_exit`, not `exit`: other threads are still inside libtorch and
+        // FFmpeg, and running the libraries' exit handlers under them can
+        // crash the process instead of ending it with this code.
+        unsafe { libc::_exit(1) };
+    }));
+}
+
+fn report(result: Result<(), RunError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn load_graph(args: &GraphArgs) -> Result<graph::Graph, RunError> {
+    graph::load(&args.graph, &args.set).map_err(RunError::Config)
+}
+
+/// `locvtp-flow check`: every check of a run, nothing started.
+fn check(args: &GraphArgs) -> Result<(), RunError> {
+    let graph = load_graph(args)?;
+    engine::prepare(&graph, &engine::ClusterShape::single(), engine::Mode::Check)?;
+    print!("{}", graph.describe());
+    Ok(())
+}
+
+/// `locvtp-flow run`.
+fn run_graph(args: &RunArgs) -> Result<(), RunError> {
+    let graph = load_graph(&args.graph)?;
+    let cluster = Cluster {
+        threads: args.threads.max(1),
+        processes: args.processes.max(1),
+        process: args.process,
+        hostfile: args.hostfile.clone(),
+        connect_timeout: std::time::Duration::from_secs(args.connect_timeout),
+    };
+    exit_on_panic();
+    let flags = RunFlags { strict: args.strict, quiet: args.quiet };
+    let summary = run::run(&graph, &cluster, &flags)?;
+    if cluster.is_first_process() {
+        summary.print_table();
+        match summary.write(&graph.run.output_dir) {
+            Ok(p) => eprintln!("summary: {}", p.display()),
+            Err(e) => eprintln!("error: cannot write the summary: {e:#}"),
+        }
+    }
+    summary.outcome(flags.strict, cluster.is_first_process())
+}
+
+/// `locvtp-flow stages`: what every stage type takes and emits.
+fn list_stages(only: Option<&str>) -> Result<(), RunError> {
+    let entries: Vec<_> = engine::StageEntry::all().iter().filter(|e| only.is_none_or(|n| n == e.name)).collect();
+    if entries.is_empty() {
+        let names: Vec<&str> = engine::StageEntry::all().iter().map(|e| e.name).collect();
+        return Err(RunError::Setup(anyhow::anyhow!(
+            "no stage type `{}`; the types are: {}",
+            only.unwrap_or_default(),
+            names.join(", ")
+        )));
+    }
+    for e in entries {
+        print!("{}", engine::describe_type(e));
+    }
+    Ok(())
+}
+
+/// Runs the command line.
+pub fn main() -> ExitCode {
+    locvtp_model::memory::keep_freed_memory();
+    init_logging();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(args) => report(check(&args)),
+        Command::Stages { name } => report(list_stages(name.as_deref())),
+        Command::Inspect { model, checkpoint, text_encoder, inputs, out, seed, tau, w_splice, w_fg } => {
+            let args = inspect::InspectArgs {
+                model: &model,
+                checkpoint: checkpoint.as_deref(),
+                text_encoder: text_encoder.as_deref(),
+                inputs: &inputs,
+                out: &out,
+                seed,
+                weights: locvtp_model::loss::LossWeights { tau, splice: w_splice, fg: w_fg },
+            };
+            match inspect::inspect(&args) {
+                Ok(n) => {
+                    eprintln!("{n} tensors written to {}", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => report(Err(RunError::Setup(e))),
+            }
+        }
+        Command::Bench(args) => report(bench::main(&args).map_err(RunError::Setup)),
+        Command::DemoData { out, seed } => match locvtp_media::synth::write_demo_set(&out, seed) {
+            Ok(m) => {
+                eprintln!("demo set: {} videos in {}", m.videos.len(), out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(Err(RunError::Setup(e))),
+        },
+        Command::Run(args) => report(run_graph(&args)),
+    }
+}

@@ -1,0 +1,159 @@
+//! `segment_sampler`: turns caption clips into training samples, T
+//! segments of F frames each (TSN sampling, locvtp-method.md section 1).
+//! Decoding and sampling are one stage so that each video is decoded once
+//! per epoch for all of its caption clips. It gathers every caption clip,
+//! then schedules the epochs of the `train` stage it feeds (whose
+//! `epochs` and `batch_size` it follows), staying `run.max_in_flight`
+//! steps ahead of training.
+
+use crate::engine::{
+    BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType, Timing,
+};
+use crate::stage_types::decode::validate_decode;
+use crate::stage_types::train::{resume_point, Train};
+use locvtp_media::decode::DecodeOptions;
+use locvtp_operators::samples::{decode_samples, schedule, Sample, SampleConfig, ScheduleConfig};
+use locvtp_operators::VideoCaptions;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Options of `segment_sampler`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct SegmentSampler {
+    /// Segments per sample (T); the model's num_segments.
+    pub num_segments: usize,
+    /// Frames per segment (F); the model's frames_per_segment.
+    pub frames_per_segment: usize,
+    /// Videos decoded at once per worker.
+    pub threads: usize,
+    /// Decoded videos buffered between the decoder threads and the
+    /// dataflow.
+    pub queue: usize,
+    #[serde(flatten)]
+    pub decode: DecodeOptions,
+}
+
+impl Default for SegmentSampler {
+    fn default() -> Self {
+        SegmentSampler { num_segments: 10, frames_per_segment: 16, threads: 2, queue: 4, decode: DecodeOptions::default() }
+    }
+}
+
+impl StageType for SegmentSampler {
+    const TYPE: &'static str = "segment_sampler";
+    const ABOUT: &'static str =
+        "Decodes each video once per epoch and cuts T segments of F frames for each of its caption clips.";
+    const INPUTS: &'static [Port] = &[Port { name: "captions", kind: DataKind::CaptionClips }];
+    const OUTPUT: Option<DataKind> = Some(DataKind::Samples);
+    const TIMING: Timing = Timing::Gathers;
+    type Prepared = ScheduleConfig;
+
+    fn validate(&self, checks: &mut Checks) {
+        checks.at_least_one("num_segments", self.num_segments);
+        checks.at_least_one("frames_per_segment", self.frames_per_segment);
+        checks.at_least_one("threads", self.threads);
+        checks.at_least_one("queue", self.queue);
+        validate_decode(&self.decode, checks);
+    }
+
+    fn prepare(&self, ctx: &PrepareContext<'_>, checks: &mut Checks) -> Option<ScheduleConfig> {
+        let trains: Vec<_> = ctx.consumers().into_iter().filter_map(|s| s.options::<Train>().map(|t| (s, t))).collect();
+        let [(train_stage, train)] = trains.as_slice() else {
+            checks.error("", "the samples must feed exactly one train stage, whose epochs and batch size they follow");
+            return None;
+        };
+        let first_step = match resume_point(ctx.graph, &train_stage.name, train) {
+            Ok(point) => point.map(|(_, meta)| meta.step as u64).unwrap_or(0),
+            // The train stage reports the unreadable checkpoint.
+            Err(_) => return None,
+        };
+        Some(ScheduleConfig {
+            seed: ctx.graph.run.seed,
+            epochs: train.epochs as u32,
+            batch_size: train.batch_size,
+            first_step,
+            lookahead: ctx.graph.run.max_in_flight as u64,
+        })
+    }
+
+    fn build<'s>(
+        &self,
+        cfg: Arc<ScheduleConfig>,
+        ctx: &mut BuildContext<'_, 's>,
+        mut inputs: Inputs<'s>,
+    ) -> Result<Built<'s>, BuildError> {
+        let captions = inputs.take::<VideoCaptions>(0)?;
+        let jobs = schedule(captions, (*cfg).clone(), ctx.flow(), ctx.run.clone(), ctx.stage.name.clone());
+        let sample_cfg = SampleConfig {
+            stage: ctx.stage.name.clone(),
+            decode: self.decode,
+            threads: self.threads,
+            queue: self.queue,
+            num_segments: self.num_segments,
+            frames_per_segment: self.frames_per_segment,
+        };
+        let (samples, errors) = decode_samples(jobs, sample_cfg, ctx.run.clone());
+        ctx.report_errors(errors);
+        Ok(Some(Sample::wrap(samples)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::Message;
+    use crate::stage_types::testing::{config, run_stage, TestGraph};
+    use locvtp_media::synth::{write_video, Background, Colour, Motion, Scene, Shape, SynthSpec};
+    use locvtp_operators::samples::Sample;
+    use locvtp_operators::{CaptionSpan, VideoCaptions, VideoItem, VideoMeta};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use timely::dataflow::operators::ToStream;
+
+    #[test]
+    fn every_clip_is_one_sample_per_epoch_each_video_decoded_once_per_epoch() {
+        let t = TestGraph::new();
+        let mut captions = Vec::new();
+        for (i, id) in ["a", "b"].iter().enumerate() {
+            let path = t.path(&format!("{id}.mp4"));
+            let scene = Scene {
+                start_s: 0.0,
+                end_s: 2.0,
+                shape: Shape::Circle,
+                colour: if i == 0 { Colour::Red } else { Colour::Blue },
+                motion: Motion::Left,
+                background: Background::Black,
+            };
+            write_video(&SynthSpec::new(32, 32, (20, 1), 2.0, vec![scene]), &path).unwrap();
+            let meta = VideoMeta { video: VideoItem { id: Arc::from(*id), path }, duration_us: 2_000_000, fps_micro: 20_000_000, frames: 40 };
+            let clips = (0..3)
+                .map(|k| CaptionSpan { start_s: k as f64 * 0.6, end_s: k as f64 * 0.6 + 0.6, text: format!("{id} clip {k}") })
+                .collect();
+            captions.push(VideoCaptions { meta, clips });
+        }
+        let graph = t.graph(&format!(
+            "[stages.samples]\ntype = \"segment_sampler\"\ninputs = [\"captions\"]\nnum_segments = 3\n\n\
+             [stages.train]\ntype = \"train\"\ninputs = [\"samples\"]\nmodel = \"{}\"\ndevice = \"cpu\"\nepochs = 2\nbatch_size = 2\n",
+            config("c3d-tiny.toml").display()
+        ));
+        let out = run_stage::<Sample>(&graph, "samples", move |scope| vec![VideoCaptions::wrap(captions.clone().to_stream(scope))]);
+        // 6 clips in batches of 2: 3 steps an epoch, 2 epochs.
+        assert_eq!(out.items.len(), 12);
+        let mut per_epoch: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for (t, s) in &out.items {
+            assert_eq!(*t, s.at.step, "a sample leaves at its step");
+            assert_eq!(s.pixels.len(), 3 * 16 * 112 * 112 * 3);
+            assert_eq!(s.at.epoch_end, s.at.step % 3 == 2);
+            assert_eq!(s.at.steps_total, 6);
+            per_epoch.entry(s.at.epoch).or_default().push(s.text.clone());
+        }
+        for texts in per_epoch.values_mut() {
+            texts.sort();
+            assert_eq!(texts.len(), 6);
+            texts.dedup();
+            assert_eq!(texts.len(), 6, "each clip once an epoch");
+        }
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+    }
+}
