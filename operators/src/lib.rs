@@ -19,6 +19,7 @@ pub mod encode;
 pub mod errors;
 pub mod messages;
 pub mod run;
+pub mod sampler;
 pub mod samples;
 pub mod source;
 pub mod stats;

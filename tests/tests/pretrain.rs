@@ -175,36 +175,56 @@ fn pretraining_trains_checkpoints_resumes_and_feeds_extraction() {
     }
 }
 
-#[test]
-fn two_workers_take_the_same_steps_as_one() {
-    let dir = tempfile::tempdir().unwrap();
-    make_dataset(&dir.path().join("data"));
-    let fixed = ["--set", "stages.train.micro_batches=2"];
-    let one = run_pretrain(dir.path(), "one", &dir.path().join("one"), 2, &fixed);
-    let mut args = fixed.to_vec();
-    args.extend_from_slice(&["-w", "2"]);
-    let two = run_pretrain(dir.path(), "two", &dir.path().join("two"), 2, &args);
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("two/summary.json")).unwrap()).unwrap();
-    assert_eq!(summary["decode_passes"], 4 * 2, "one pass per video and epoch, serving all its clips: {summary}");
-    assert!(one.len() >= 3, "{} steps", one.len());
-    assert_eq!(one.len(), two.len());
-    for (a, b) in one.iter().zip(&two) {
-        for term in ["coarse", "splice", "fg_vid", "fg_word", "total"] {
+/// Losses of two runs agree to 1e-5, step by step.
+fn assert_same_steps(name: &str, one: &[serde_json::Value], other: &[serde_json::Value]) {
+    assert_eq!(one.len(), other.len(), "{name}: steps");
+    for (a, b) in one.iter().zip(other) {
+        assert_eq!(a["step"], b["step"], "{name}");
+        for term in ["coarse", "splice", "fg_vid", "fg_word", "fg_vid_ctx", "fg_word_ctx", "total"] {
             let (x, y) = (a[term].as_f64().unwrap(), b[term].as_f64().unwrap());
-            assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-6), "step {} {term}: {x} vs {y}", a["step"]);
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-6), "{name}: step {} {term}: {x} vs {y}", a["step"]);
         }
     }
+}
 
-    // The same graph on a two-process loopback cluster: one set of outputs.
+/// With the shards and micro-batches fixed, the steps do not depend on the
+/// cluster: 1, 2, 3 and 4 worker threads and 2 processes train alike.
+#[test]
+fn any_number_of_workers_takes_the_same_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    make_dataset(&dir.path().join("data"));
+    let fixed = ["--set", "stages.train.micro_batches=2", "--set", "stages.samples.shards=4"];
+    let one = run_pretrain(dir.path(), "one", &dir.path().join("one"), 2, &fixed);
+    assert!(one.len() >= 3, "{} steps", one.len());
+    let summary = locvtp_tests::read_summary(&dir.path().join("one"));
+    let passes = summary["decode_passes"].as_u64().unwrap();
+    assert!((4..=4 * 2).contains(&passes), "at most one pass per video and epoch: {summary}");
+    assert_eq!(summary["training"]["decode_passes_per_epoch"].as_f64().unwrap(), passes as f64 / 2.0, "{summary}");
+    for threads in ["2", "3", "4"] {
+        let mut args = fixed.to_vec();
+        args.extend_from_slice(&["-w", threads]);
+        let name = format!("w{threads}");
+        let other = run_pretrain(dir.path(), &name, &dir.path().join(&name), 2, &args);
+        assert_same_steps(&name, &one, &other);
+    }
+
+    // Two processes on a loopback cluster: the same steps, one set of
+    // outputs.
     let graph = dir.path().join("cluster.toml");
     let out = dir.path().join("cluster");
-    std::fs::write(&graph, pretrain_graph(&dir.path().join("data"), &out, 1)).unwrap();
+    let text = pretrain_graph(&dir.path().join("data"), &out, 2)
+        .replace("epochs = 2\n", "epochs = 2\nmicro_batches = 2\n")
+        .replace("type = \"segment_sampler\"\n", "type = \"segment_sampler\"\nshards = 4\n");
+    std::fs::write(&graph, text).unwrap();
     for (p, o) in locvtp_tests::run_cluster(dir.path(), &graph, 2, 1).iter().enumerate() {
         assert!(o.status.success(), "process {p}: {}", String::from_utf8_lossy(&o.stderr));
     }
-    let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().count();
-    assert_eq!(lines, one.len() / 2, "one metrics line per step, written once");
+    let cluster: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_same_steps("two processes", &one, &cluster);
     assert!(out.join("checkpoints/last.safetensors").exists());
 }
 

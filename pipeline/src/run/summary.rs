@@ -86,10 +86,16 @@ impl RunSummary {
         let processed = c.videos_done;
         let training = (c.train_steps > 0 || r.graph.stages.iter().any(|s| s.entry().name == "train")).then(|| {
             let caption_clips: u64 = r.outputs.values().filter_map(|v| v["caption_clips"].as_u64()).sum();
+            let steps_per_epoch = r.outputs.values().filter_map(|v| v["steps_per_epoch"].as_u64()).max().unwrap_or(0);
+            // Epochs this run worked on (a resumed run may start mid-epoch).
+            let epochs = if steps_per_epoch > 0 { c.train_steps.div_ceil(steps_per_epoch).max(1) } else { 1 };
             serde_json::json!({
                 "caption_clips": caption_clips,
                 "steps": c.train_steps,
+                "steps_per_epoch": steps_per_epoch,
                 "samples_per_s": c.clips_encoded as f64 / secs,
+                "decode_passes": c.decode_passes,
+                "decode_passes_per_epoch": c.decode_passes as f64 / epochs as f64,
             })
         });
         RunSummary {

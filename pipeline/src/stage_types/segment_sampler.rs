@@ -1,10 +1,12 @@
 //! `segment_sampler`: turns caption clips into training samples, T
-//! segments of F frames each (TSN sampling, locvtp-method.md section 1).
-//! Decoding and sampling are one stage so that each video is decoded once
-//! per epoch for all of its caption clips. It gathers every caption clip,
-//! then schedules the epochs of the `train` stage it feeds (whose
-//! `epochs` and `batch_size` it follows), staying `run.max_in_flight`
-//! steps ahead of training.
+//! segments of F frames each (TSN sampling, locvtp-method.md section 1),
+//! at any corpus size: videos are sharded by a stable hash of their id into
+//! a fixed number of logical shards, each shard visits its videos in a
+//! seeded order every epoch, decodes each visit once for all its caption
+//! clips, and draws its share of every step from a bounded shuffle window
+//! (see `locvtp_operators::sampler`). It follows the `train` stage it feeds
+//! for `epochs` and `batch_size`, and stays `run.max_in_flight` steps
+//! ahead of training.
 
 use crate::engine::{
     BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType, Timing,
@@ -12,7 +14,8 @@ use crate::engine::{
 use crate::stage_types::decode::validate_decode;
 use crate::stage_types::train::{resume_point, Train};
 use locvtp_media::decode::DecodeOptions;
-use locvtp_operators::samples::{decode_samples, schedule, Sample, SampleConfig, ScheduleConfig};
+use locvtp_operators::sampler::{sample, SamplerConfig};
+use locvtp_operators::samples::Sample;
 use locvtp_operators::VideoCaptions;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -26,39 +29,60 @@ pub struct SegmentSampler {
     pub num_segments: usize,
     /// Frames per segment (F); the model's frames_per_segment.
     pub frames_per_segment: usize,
+    /// Logical data shards. Fixed for a training run: results do not depend
+    /// on how many workers the shards are spread over. More shards than
+    /// workers keeps every worker busy.
+    pub shards: u32,
+    /// Caption clips in each shard's shuffle window: larger mixes videos
+    /// better (a step's samples come from more videos) and holds more
+    /// decoded frames in memory (window x shards per worker x T x F frames).
+    pub window: usize,
+    /// Most caption clips one decode pass serves; a video with more is
+    /// visited (and decoded) again later in the epoch.
+    pub visit_clips: usize,
     /// Videos decoded at once per worker.
     pub threads: usize,
-    /// Decoded videos buffered between the decoder threads and the
-    /// dataflow.
-    pub queue: usize,
+    /// Visits decoded ahead of each shard's window.
+    pub prefetch: usize,
     #[serde(flatten)]
     pub decode: DecodeOptions,
 }
 
 impl Default for SegmentSampler {
     fn default() -> Self {
-        SegmentSampler { num_segments: 10, frames_per_segment: 16, threads: 2, queue: 4, decode: DecodeOptions::default() }
+        SegmentSampler {
+            num_segments: 10,
+            frames_per_segment: 16,
+            shards: 16,
+            window: 16,
+            visit_clips: 64,
+            threads: 2,
+            prefetch: 1,
+            decode: DecodeOptions::default(),
+        }
     }
 }
 
 impl StageType for SegmentSampler {
     const TYPE: &'static str = "segment_sampler";
     const ABOUT: &'static str =
-        "Decodes each video once per epoch and cuts T segments of F frames for each of its caption clips.";
+        "Sharded, streaming TSN sampling: each shard decodes a video once per visit and draws its share of every step from a bounded shuffle window.";
     const INPUTS: &'static [Port] = &[Port { name: "captions", kind: DataKind::CaptionClips }];
     const OUTPUT: Option<DataKind> = Some(DataKind::Samples);
     const TIMING: Timing = Timing::Gathers;
-    type Prepared = ScheduleConfig;
+    type Prepared = SamplerConfig;
 
     fn validate(&self, checks: &mut Checks) {
         checks.at_least_one("num_segments", self.num_segments);
         checks.at_least_one("frames_per_segment", self.frames_per_segment);
+        checks.at_least_one("shards", self.shards as usize);
+        checks.at_least_one("window", self.window);
+        checks.at_least_one("visit_clips", self.visit_clips);
         checks.at_least_one("threads", self.threads);
-        checks.at_least_one("queue", self.queue);
         validate_decode(&self.decode, checks);
     }
 
-    fn prepare(&self, ctx: &PrepareContext<'_>, checks: &mut Checks) -> Option<ScheduleConfig> {
+    fn prepare(&self, ctx: &PrepareContext<'_>, checks: &mut Checks) -> Option<SamplerConfig> {
         let trains: Vec<_> = ctx.consumers().into_iter().filter_map(|s| s.options::<Train>().map(|t| (s, t))).collect();
         let [(train_stage, train)] = trains.as_slice() else {
             checks.error("", "the samples must feed exactly one train stage, whose epochs and batch size they follow");
@@ -69,32 +93,32 @@ impl StageType for SegmentSampler {
             // The train stage reports the unreadable checkpoint.
             Err(_) => return None,
         };
-        Some(ScheduleConfig {
+        Some(SamplerConfig {
+            stage: ctx.stage.name.clone(),
             seed: ctx.graph.run.seed,
             epochs: train.epochs as u32,
             batch_size: train.batch_size,
             first_step,
             lookahead: ctx.graph.run.max_in_flight as u64,
+            shards: self.shards,
+            window: self.window,
+            visit_clips: self.visit_clips,
+            decode: self.decode,
+            threads: self.threads,
+            prefetch: self.prefetch,
+            num_segments: self.num_segments,
+            frames_per_segment: self.frames_per_segment,
         })
     }
 
     fn build<'s>(
         &self,
-        cfg: Arc<ScheduleConfig>,
+        cfg: Arc<SamplerConfig>,
         ctx: &mut BuildContext<'_, 's>,
         mut inputs: Inputs<'s>,
     ) -> Result<Built<'s>, BuildError> {
         let captions = inputs.take::<VideoCaptions>(0)?;
-        let jobs = schedule(captions, (*cfg).clone(), ctx.flow(), ctx.run.clone(), ctx.stage.name.clone());
-        let sample_cfg = SampleConfig {
-            stage: ctx.stage.name.clone(),
-            decode: self.decode,
-            threads: self.threads,
-            queue: self.queue,
-            num_segments: self.num_segments,
-            frames_per_segment: self.frames_per_segment,
-        };
-        let (samples, errors) = decode_samples(jobs, sample_cfg, ctx.run.clone());
+        let (samples, errors) = sample(captions, (*cfg).clone(), ctx.flow(), ctx.run.clone());
         ctx.report_errors(errors);
         Ok(Some(Sample::wrap(samples)))
     }

@@ -177,9 +177,6 @@ impl StageType for Train {
         }
         if let Some(m) = self.micro_batches {
             checks.at_least_one("micro_batches", m);
-            if m > self.batch_size {
-                checks.error("micro_batches", format!("{m} parts of a batch of {} would leave some empty", self.batch_size));
-            }
         }
     }
 
@@ -260,6 +257,20 @@ impl StageType for Train {
                     ),
                 );
             }
+        }
+        // A micro-batch of one sample has no in-batch negative (its coarse
+        // loss is 0) and no other sample to splice with.
+        let parts = self.micro_batches.unwrap_or(ctx.shape.workers()).max(1);
+        if parts * 2 > self.batch_size {
+            let key = if self.micro_batches.is_some() { "micro_batches" } else { "batch_size" };
+            checks.error(
+                key,
+                format!(
+                    "a batch of {} in {parts} micro-batches (one per worker unless micro_batches is set) leaves fewer than 2 samples in some; use at most {} micro-batches or a larger batch",
+                    self.batch_size,
+                    self.batch_size / 2
+                ),
+            );
         }
         let snapshots = checkpoints_dir(ctx.graph, &ctx.stage.name).is_some();
         checks.is_empty().then_some(Trainer { model, text_encoder: text_dir, resume, snapshots })
