@@ -82,6 +82,14 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Instead of the demo set, a training corpus of this many narrated
+        /// videos with the same number of caption clips each (`videos/`,
+        /// `narration/`), for measuring how a run scales with the corpus.
+        #[arg(long)]
+        corpus: Option<usize>,
+        /// Scenes (caption clips) per video of a corpus.
+        #[arg(long, default_value_t = 15)]
+        scenes: usize,
     },
 }
 
@@ -239,7 +247,16 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Bench(args) => report(bench::main(&args).map_err(RunError::Setup)),
-        Command::DemoData { out, seed } => match locvtp_media::synth::write_demo_set(&out, seed) {
+        Command::DemoData { out, seed, corpus: Some(videos), scenes } => {
+            match locvtp_media::synth::write_corpus(&out, videos, scenes, seed) {
+                Ok(n) => {
+                    eprintln!("corpus: {n} narrated videos of {scenes} scenes in {}", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => report(Err(RunError::Setup(e))),
+            }
+        }
+        Command::DemoData { out, seed, corpus: None, .. } => match locvtp_media::synth::write_demo_set(&out, seed) {
             Ok(m) => {
                 eprintln!("demo set: {} videos in {}", m.videos.len(), out.display());
                 ExitCode::SUCCESS

@@ -1,7 +1,7 @@
 //! Every replica applies the same mean gradient and takes the same step.
 
 use super::reduce::MeanShard;
-use super::{from_bytes, Shared, Snapshot, SnapshotReason, StepReport, TrainConfig};
+use super::{concat_chunks, Shared, Snapshot, SnapshotReason, StepReport, TrainConfig};
 use crate::accumulate::PerTime;
 use crate::run::{RunShared, StopCause};
 use crate::samples::StepInfo;
@@ -55,10 +55,10 @@ pub(super) fn apply<'s>(
                     if shards.is_empty() {
                         continue;
                     }
-                    shards.sort_by_key(|s| s.shard);
+                    shards.sort_by_key(|s| s.chunk);
                     let at = shards[0].at;
-                    let flat: Vec<f32> = shards.iter().flat_map(|s| from_bytes(&s.values)).collect();
                     let mut sh = shared.borrow_mut();
+                    let flat = concat_chunks(shards.iter().map(|s| s.values.as_slice()), sh.layout.total);
                     let began = Instant::now();
                     let lr = cfg.schedule.lr_at(i64::from(at.epoch));
                     {

@@ -1,6 +1,6 @@
 //! Forward and backward on this worker's micro-batches of each step.
 
-use super::{shard_range, to_bytes, Shared, TrainConfig};
+use super::{chunk_range, chunks, to_bytes, Shared, TrainConfig};
 use crate::accumulate::PerTime;
 use crate::run::RunShared;
 use crate::samples::{Sample, StepInfo};
@@ -21,17 +21,17 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 
-/// One shard of one micro-batch's gradient, multiplied by the micro-batch's
+/// One chunk of one micro-batch's gradient, multiplied by the micro-batch's
 /// sample count.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct GradPart {
+pub struct GradPart {
     pub at: StepInfo,
     pub part: u32,
-    pub shard: u32,
+    pub chunk: u32,
     pub samples: u32,
     #[serde(with = "serde_bytes")]
     pub values: Vec<u8>,
-    /// Loss terms times the sample count (shard 0 only).
+    /// Loss terms times the sample count (chunk 0 only).
     pub terms: Vec<(String, f64)>,
 }
 
@@ -54,7 +54,6 @@ pub(super) fn forward<'s>(
     run: Arc<RunShared>,
 ) -> Stream<'s, u64, Vec<GradPart>> {
     let worker = samples.scope().worker();
-    let peers = samples.scope().peers();
     let parts = cfg.micro_batches.max(1) as u64;
     samples.unary_frontier::<CapacityContainerBuilder<Vec<GradPart>>, _, _, _>(
         Exchange::new(move |s: &Sample| u64::from(s.slot) % parts),
@@ -79,7 +78,7 @@ pub(super) fn forward<'s>(
                     if local.is_empty() {
                         continue;
                     }
-                    match run_step(&shared, &cfg, &run, local, peers) {
+                    match run_step(&shared, &cfg, &run, local) {
                         Ok(grads) => output.session(&cap).give_iterator(grads.into_iter()),
                         Err(e) => {
                             run.fail(&cfg.stage, format!("step {}: {e:#}", step + 1));
@@ -94,13 +93,12 @@ pub(super) fn forward<'s>(
 }
 
 /// Forward and backward of this worker's samples of one step, one loss per
-/// micro-batch; returns every micro-batch's gradient in shards.
+/// micro-batch; returns every micro-batch's gradient in chunks.
 fn run_step(
     shared: &Rc<RefCell<Shared>>,
     cfg: &TrainConfig,
     run: &RunShared,
     mut local: Vec<Sample>,
-    peers: usize,
 ) -> anyhow::Result<Vec<GradPart>> {
     let parts = cfg.micro_batches.max(1) as u64;
     let mut sh = shared.borrow_mut();
@@ -151,14 +149,14 @@ fn run_step(
             (sh.layout.flatten(&rep.model, m as f64), terms.values())
         };
         let terms: Vec<(String, f64)> = terms.into_iter().map(|(k, v)| (k.to_string(), v * m as f64)).collect();
-        for k in 0..peers {
+        for c in 0..chunks(flat.len()) {
             out.push(GradPart {
                 at,
                 part: part as u32,
-                shard: k as u32,
+                chunk: c as u32,
                 samples: m as u32,
-                values: to_bytes(&flat[shard_range(flat.len(), peers, k)]),
-                terms: if k == 0 { terms.clone() } else { Vec::new() },
+                values: to_bytes(&flat[chunk_range(flat.len(), c)]),
+                terms: if c == 0 { terms.clone() } else { Vec::new() },
             });
         }
     }

@@ -3,8 +3,8 @@
 //!
 //! 1. [`forward`]: once the frontier says a step's samples are complete,
 //!    each worker runs forward and backward on its micro-batches and sends
-//!    each micro-batch's gradient, cut into one shard per worker;
-//! 2. [`reduce`]: each shard's owner sums the micro-batches in their fixed
+//!    each micro-batch's gradient in chunks to the chunks' owners;
+//! 2. [`reduce`]: each chunk's owner sums the micro-batches in their fixed
 //!    order (so the sum does not depend on how many workers computed them)
 //!    and sends the mean to every worker;
 //! 3. [`apply`]: every replica takes the same Adam step; worker 0 copies
@@ -18,6 +18,15 @@ mod apply;
 mod forward;
 mod reduce;
 mod replicas;
+
+/// The gradient exchange on its own (what `locvtp-flow bench --exchange`
+/// measures): micro-batch gradients in shards, and the mean shards every
+/// worker receives.
+pub mod exchange {
+    pub use super::forward::GradPart;
+    pub use super::reduce::{reduce, MeanShard};
+    pub use super::{chunk_range, chunks, concat_chunks, from_bytes, to_bytes};
+}
 
 use crate::run::RunShared;
 use crate::samples::{Sample, StepInfo};
@@ -148,24 +157,47 @@ pub fn train<'s>(
         snapshots: VecDeque::new(),
     }));
     let parts = forward::forward(samples, shared.clone(), cfg.clone(), run.clone());
-    let means = reduce::reduce(parts);
+    let means = reduce::reduce(parts, cfg.micro_batches.max(1));
     let reports = apply::apply(means, shared.clone(), cfg.clone(), run.clone());
     replicas::check(reports, shared, cfg, run)
 }
 
 /// `f32` values as little-endian bytes, for the exchange (serde writes
 /// bytes in one copy, floats one at a time).
-fn to_bytes(values: &[f32]) -> Vec<u8> {
+pub fn to_bytes(values: &[f32]) -> Vec<u8> {
     bytemuck::cast_slice(values).to_vec()
 }
 
-fn from_bytes(bytes: &[u8]) -> Vec<f32> {
+pub fn from_bytes(bytes: &[u8]) -> Vec<f32> {
     bytemuck::pod_collect_to_vec(bytes)
 }
 
-fn shard_range(total: usize, shards: usize, k: usize) -> std::ops::Range<usize> {
-    let per = total.div_ceil(shards.max(1));
-    (k * per).min(total)..((k + 1) * per).min(total)
+/// The chunks' floats, in order, as one vector (one copy each).
+pub fn concat_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, total: usize) -> Vec<f32> {
+    let mut flat = Vec::with_capacity(total);
+    for bytes in chunks {
+        match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+            Ok(values) => flat.extend_from_slice(values),
+            Err(_) => flat.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))),
+        }
+    }
+    flat
+}
+
+/// Floats in one chunk of a flat gradient: the unit of the exchange. Large
+/// messages cost timely's network buffers copies as they grow, so the
+/// gradient travels in chunks; chunk `c` is summed by worker `c mod
+/// workers`, which spreads the work whatever the worker count.
+pub const CHUNK_FLOATS: usize = 1 << 20;
+
+/// Chunks of a flat gradient of `total` floats.
+pub fn chunks(total: usize) -> usize {
+    total.div_ceil(CHUNK_FLOATS).max(1)
+}
+
+/// The floats of chunk `c`.
+pub fn chunk_range(total: usize, c: usize) -> std::ops::Range<usize> {
+    (c * CHUNK_FLOATS).min(total)..((c + 1) * CHUNK_FLOATS).min(total)
 }
 
 #[cfg(test)]
@@ -173,12 +205,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shards_cover_the_vector_once_whatever_the_worker_count() {
-        for total in [0usize, 1, 7, 100] {
-            for shards in 1..5 {
-                let covered: Vec<usize> = (0..shards).flat_map(|k| shard_range(total, shards, k)).collect();
-                assert_eq!(covered, (0..total).collect::<Vec<_>>());
-            }
+    fn chunks_cover_the_vector_once() {
+        for total in [0usize, 1, 7, CHUNK_FLOATS, CHUNK_FLOATS + 1, 3 * CHUNK_FLOATS - 5] {
+            let covered: Vec<usize> = (0..chunks(total)).flat_map(|c| chunk_range(total, c)).collect();
+            assert_eq!(covered, (0..total).collect::<Vec<_>>());
         }
         let v = vec![1.5f32, -2.0, 3.25];
         assert_eq!(from_bytes(&to_bytes(&v)), v);

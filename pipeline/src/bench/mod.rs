@@ -19,6 +19,8 @@
 //! threads and libtorch's intra-op threads), as in a run that overlaps them.
 
 mod e2e;
+mod exchange;
+mod text_store;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -80,6 +82,30 @@ pub struct BenchArgs {
     /// Leave out the decode comparison (only the end-to-end measurement).
     #[arg(long, conflicts_with = "no_e2e")]
     no_decode: bool,
+    /// Instead: the caption-embedding store with this many captions.
+    #[arg(long, value_name = "CAPTIONS")]
+    text_store: Option<usize>,
+    /// Hidden size of the synthetic entries of `--text-store`.
+    #[arg(long, default_value_t = 64)]
+    text_hidden: usize,
+    /// Captions the real text encoder encodes in `--text-store`.
+    #[arg(long, default_value_t = 2000)]
+    text_encoder_captions: usize,
+    /// Instead: the gradient exchange of the released model between two
+    /// processes on loopback, next to torch.distributed's gloo all_reduce.
+    #[arg(long)]
+    exchange: bool,
+    /// Floats exchanged (default: the released model's gradient).
+    #[arg(long, default_value_t = 0)]
+    exchange_floats: usize,
+    /// Timed rounds of the exchange.
+    #[arg(long, default_value_t = 5)]
+    exchange_rounds: usize,
+    /// One process of the exchange cluster (started by `--exchange`).
+    #[arg(long, hide = true)]
+    exchange_process: Option<usize>,
+    #[arg(long, hide = true)]
+    exchange_hosts: Option<PathBuf>,
     /// Model of the end-to-end measurement.
     #[arg(long, default_value = "configs/c3d-small.toml")]
     model: PathBuf,
@@ -255,7 +281,7 @@ fn video_set(label: String, paths: Vec<PathBuf>) -> Result<VideoSet> {
     Ok(VideoSet { label, paths, frames, clips, kbps: bits / secs.max(1e-9) / 1e3 })
 }
 
-fn python_for(args: &BenchArgs) -> PathBuf {
+pub(super) fn python_for(args: &BenchArgs) -> PathBuf {
     if let Some(p) = &args.python {
         return p.clone();
     }
@@ -491,14 +517,31 @@ fn bench(args: &BenchArgs) -> Result<Value> {
     for set in sets.iter().filter(|_| !args.no_e2e) {
         e2e.push(e2e::bench_e2e(args, set)?);
     }
-    let report = json!({ "cores": cores(), "decode": decode, "end_to_end": e2e });
-    let path = args.out.join("bench.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
-    println!("\nwrote {}", path.display());
-    Ok(report)
+    Ok(json!({ "cores": cores(), "decode": decode, "end_to_end": e2e }))
+}
+
+impl BenchArgs {
+    fn exchange_floats_or(&self, released: usize) -> usize {
+        if self.exchange_floats > 0 {
+            self.exchange_floats
+        } else {
+            released
+        }
+    }
 }
 
 /// Entry point of `locvtp-flow bench`.
 pub fn main(args: &BenchArgs) -> Result<()> {
-    bench(args).map(|_| ())
+    if let (Some(p), Some(hosts)) = (args.exchange_process, &args.exchange_hosts) {
+        return exchange::exchange_process(args, p, hosts);
+    }
+    let (report, name) = match (args.text_store, args.exchange) {
+        (Some(n), _) => (text_store::bench_text_store(args, n)?, "text_store.json"),
+        (None, true) => (exchange::bench_exchange(args)?, "exchange.json"),
+        (None, false) => (bench(args)?, "bench.json"),
+    };
+    let path = args.out.join(name);
+    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("\nwrote {}", path.display());
+    Ok(())
 }

@@ -41,6 +41,8 @@ pub struct RunSummary {
     /// clips each serves.
     pub decode_passes: u64,
     pub wall_seconds: f64,
+    /// Peak resident memory of this process (process 0 for a cluster), MB.
+    pub peak_rss_mb: f64,
     pub throughput: Throughput,
     pub encoder_busy_share: f64,
     /// Batches the encoder ran, each padded to the configured batch size.
@@ -61,6 +63,17 @@ pub struct RunSummary {
     /// The signal that stopped the run, if any.
     #[serde(skip)]
     pub signal: Option<i32>,
+}
+
+/// The largest resident set this process has had, in MB.
+pub fn peak_rss_mb() -> f64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // On Linux `ru_maxrss` is in kilobytes.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
+        usage.ru_maxrss as f64 / 1024.0
+    } else {
+        f64::NAN
+    }
 }
 
 /// Everything a finished run reports, gathered on process 0.
@@ -108,6 +121,7 @@ impl RunSummary {
             frames_decoded: c.frames_decoded,
             decode_passes: c.decode_passes,
             wall_seconds: r.wall.as_secs_f64(),
+            peak_rss_mb: peak_rss_mb(),
             throughput: Throughput {
                 videos_per_s: processed as f64 / secs,
                 clips_per_s: c.clips_written as f64 / secs,

@@ -1,7 +1,9 @@
 //! `align`: a video's narration meets its probed metadata (joined by video
 //! id) and its cues become caption clips fitted to the video's duration.
 
-use crate::engine::{BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType};
+use crate::engine::{
+    BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType,
+};
 use locvtp_narration::align::AlignConfig;
 use locvtp_operators::{Narration, VideoCaptions, VideoMeta};
 use schemars::JsonSchema;
@@ -39,7 +41,12 @@ impl StageType for Align {
         Some(())
     }
 
-    fn build<'s>(&self, _: Arc<()>, ctx: &mut BuildContext<'_, 's>, mut inputs: Inputs<'s>) -> Result<Built<'s>, BuildError> {
+    fn build<'s>(
+        &self,
+        _: Arc<()>,
+        ctx: &mut BuildContext<'_, 's>,
+        mut inputs: Inputs<'s>,
+    ) -> Result<Built<'s>, BuildError> {
         let narration = inputs.take::<Narration>(0)?;
         let meta = inputs.take::<VideoMeta>(1)?;
         let (captions, errors) = locvtp_operators::align::align(narration, meta, self.config.clone());

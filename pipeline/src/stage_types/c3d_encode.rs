@@ -1,7 +1,9 @@
 //! `c3d_encode`: clips from any number of videos in fixed-shape batches on
 //! a dedicated model thread (GPU or CPU); one feature per clip.
 
-use crate::engine::{BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType};
+use crate::engine::{
+    BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType,
+};
 use crate::graph::PathResolver;
 use crate::stage_types::decode::Decode;
 use crate::stage_types::dense_clips::DenseClips;
@@ -183,8 +185,17 @@ mod tests {
             config("c3d-tiny.toml").display()
         ));
         let out = run_stage::<FeatureMsg>(&graph, "encode", |scope| {
-            let clip = |i: u64| ClipMsg::Clip { video: Arc::from("v"), index: i, pixels: vec![i as u8 * 40; 16 * 112 * 112 * 3] };
-            let msgs = vec![clip(0), clip(1), clip(2), ClipMsg::End { video: Arc::from("v"), clips: 3, frames: 40, fps: 10.0 }];
+            let clip = |i: u64| ClipMsg::Clip {
+                video: Arc::from("v"),
+                index: i,
+                pixels: vec![i as u8 * 40; 16 * 112 * 112 * 3],
+            };
+            let msgs = vec![
+                clip(0),
+                clip(1),
+                clip(2),
+                ClipMsg::End { video: Arc::from("v"), clips: 3, frames: 40, fps: 10.0 },
+            ];
             vec![ClipMsg::wrap(msgs.to_stream(scope))]
         });
         let mut indices = Vec::new();

@@ -57,7 +57,8 @@ fn save(dir: &Path, snapshot: &Snapshot, run: &RunShared, stage: &str) {
 
 impl StageType for Checkpoints {
     const TYPE: &'static str = "checkpoints";
-    const ABOUT: &'static str = "Saves the training state at epoch ends (and every N steps) as safetensors; runs resume from it.";
+    const ABOUT: &'static str =
+        "Saves the training state at epoch ends (and every N steps) as safetensors; runs resume from it.";
     const INPUTS: &'static [Port] = &[Port { name: "training", kind: DataKind::Training }];
     const OUTPUT: Option<DataKind> = None;
     type Prepared = ();
@@ -81,7 +82,12 @@ impl StageType for Checkpoints {
         checks.is_empty().then_some(())
     }
 
-    fn build<'s>(&self, _: Arc<()>, ctx: &mut BuildContext<'_, 's>, mut inputs: Inputs<'s>) -> Result<Built<'s>, BuildError> {
+    fn build<'s>(
+        &self,
+        _: Arc<()>,
+        ctx: &mut BuildContext<'_, 's>,
+        mut inputs: Inputs<'s>,
+    ) -> Result<Built<'s>, BuildError> {
         let events = inputs.take::<TrainEvent>(0)?;
         let (dir, run, stage) = (self.dir.clone(), ctx.run.clone(), ctx.stage.name.clone());
         events.sink(Pipeline, "Checkpoints", move |(input, _frontier)| {

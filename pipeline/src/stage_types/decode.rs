@@ -1,7 +1,9 @@
 //! `decode`: each video decoded in one sequential FFmpeg pass on its own
 //! thread, resized and centre-cropped to square frames, sent on in chunks.
 
-use crate::engine::{BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType};
+use crate::engine::{
+    BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType,
+};
 use locvtp_media::decode::DecodeOptions;
 use locvtp_operators::decode::{decode, DecodeConfig};
 use locvtp_operators::{FrameMsg, VideoItem};
@@ -51,7 +53,12 @@ impl StageType for Decode {
         Some(())
     }
 
-    fn build<'s>(&self, _: Arc<()>, ctx: &mut BuildContext<'_, 's>, mut inputs: Inputs<'s>) -> Result<Built<'s>, BuildError> {
+    fn build<'s>(
+        &self,
+        _: Arc<()>,
+        ctx: &mut BuildContext<'_, 's>,
+        mut inputs: Inputs<'s>,
+    ) -> Result<Built<'s>, BuildError> {
         let videos = inputs.take::<VideoItem>(0)?;
         let cfg = DecodeConfig {
             stage: ctx.stage.name.clone(),
@@ -86,12 +93,14 @@ mod tests {
         };
         let frames = write_video(&SynthSpec::new(48, 32, (20, 1), 1.0, vec![scene]), &good).unwrap();
         std::fs::write(t.path("bad.mp4"), b"nothing").unwrap();
-        let graph = t.graph("[stages.decode]\ntype = \"decode\"\ninputs = [\"videos\"]\nframe_size = 16\nchunk_frames = 4\n");
+        let graph =
+            t.graph("[stages.decode]\ntype = \"decode\"\ninputs = [\"videos\"]\nframe_size = 16\nchunk_frames = 4\n");
         let items = vec![
             VideoItem { id: Arc::from("good"), path: good },
             VideoItem { id: Arc::from("bad"), path: t.path("bad.mp4") },
         ];
-        let out = run_stage::<FrameMsg>(&graph, "decode", move |scope| vec![VideoItem::wrap(items.clone().to_stream(scope))]);
+        let out =
+            run_stage::<FrameMsg>(&graph, "decode", move |scope| vec![VideoItem::wrap(items.clone().to_stream(scope))]);
         let mut next = 0;
         let mut ended = None;
         let mut failed = Vec::new();

@@ -1,7 +1,9 @@
 //! `dense_clips`: each video's frames cut into clips of `clip_frames`
 //! frames every `stride` frames as they pass (locvtp-method.md section 1).
 
-use crate::engine::{BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType};
+use crate::engine::{
+    BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType,
+};
 use locvtp_media::sampling::Tail;
 use locvtp_operators::clips::{dense_clips, DenseClipConfig};
 use locvtp_operators::{ClipMsg, FrameMsg};
@@ -43,7 +45,12 @@ impl StageType for DenseClips {
         Some(())
     }
 
-    fn build<'s>(&self, _: Arc<()>, _ctx: &mut BuildContext<'_, 's>, mut inputs: Inputs<'s>) -> Result<Built<'s>, BuildError> {
+    fn build<'s>(
+        &self,
+        _: Arc<()>,
+        _ctx: &mut BuildContext<'_, 's>,
+        mut inputs: Inputs<'s>,
+    ) -> Result<Built<'s>, BuildError> {
         let frames = inputs.take::<FrameMsg>(0)?;
         let cfg = DenseClipConfig { clip_frames: self.clip_frames, stride: self.stride, tail: self.tail };
         Ok(Some(ClipMsg::wrap(dense_clips(frames, cfg))))
@@ -82,7 +89,8 @@ mod tests {
                 codec: "test".into(),
                 rotation: 0,
             };
-            let msgs = vec![frames("v", 0, 6), frames("v", 6, 4), FrameMsg::End { video: Arc::from("v"), frames: 10, info }];
+            let msgs =
+                vec![frames("v", 0, 6), frames("v", 6, 4), FrameMsg::End { video: Arc::from("v"), frames: 10, info }];
             vec![FrameMsg::wrap(msgs.to_stream(scope))]
         });
         let mut starts = Vec::new();

@@ -2,7 +2,9 @@
 //! temporal grounding of the projected features of its input, each metric
 //! next to its chance level (see `crate::evaluation`).
 
-use crate::engine::{BuildContext, BuildError, Built, Checks, DataKind, Inputs, Port, PrepareContext, StageType, Timing};
+use crate::engine::{
+    BuildContext, BuildError, Built, Checks, DataKind, Inputs, Port, PrepareContext, StageType, Timing,
+};
 use crate::evaluation::{evaluate, print_table, EvalModel};
 use crate::graph::PathResolver;
 use crate::stage_types::c3d_encode::{C3dEncode, Encoder};
@@ -98,10 +100,12 @@ impl StageType for Evaluate {
         }
         let text_dir = self.text_encoder.clone().or_else(locvtp_model::text::default_text_encoder_dir);
         match &text_dir {
-            Some(dir) if !dir.join("config.json").is_file() => {
-                checks.error("text_encoder", format!("{}: not a Hugging Face model folder (no config.json)", dir.display()))
-            }
-            None => checks.error("text_encoder", "not set, and the packaged all-MiniLM-L6-v2 was not found (run scripts/setup.sh)"),
+            Some(dir) if !dir.join("config.json").is_file() => checks
+                .error("text_encoder", format!("{}: not a Hugging Face model folder (no config.json)", dir.display())),
+            None => checks.error(
+                "text_encoder",
+                "not set, and the packaged all-MiniLM-L6-v2 was not found (run scripts/setup.sh)",
+            ),
             _ => {}
         }
         let Some((encode_stage, encode)) = ctx.upstream::<C3dEncode>() else {
@@ -126,7 +130,12 @@ impl StageType for Evaluate {
         })
     }
 
-    fn build<'s>(&self, model: Arc<EvalModel>, ctx: &mut BuildContext<'_, 's>, mut inputs: Inputs<'s>) -> Result<Built<'s>, BuildError> {
+    fn build<'s>(
+        &self,
+        model: Arc<EvalModel>,
+        ctx: &mut BuildContext<'_, 's>,
+        mut inputs: Inputs<'s>,
+    ) -> Result<Built<'s>, BuildError> {
         let features = inputs.take::<FeatureMsg>(0)?;
         let (run, options, stage) = (ctx.run.clone(), self.clone(), ctx.stage.name.clone());
         let errors = collect_features(features, ctx.run.clone(), move |videos| {
@@ -159,7 +168,11 @@ mod tests {
     #[test]
     fn grounding_queries_are_scored_next_to_the_random_window() {
         let t = TestGraph::new();
-        std::fs::write(t.path("grounding.txt"), "v 0.0 1.0##a red circle\nv 1.0 2.0##a blue square\nmissing 0 1##nothing\n").unwrap();
+        std::fs::write(
+            t.path("grounding.txt"),
+            "v 0.0 1.0##a red circle\nv 1.0 2.0##a blue square\nmissing 0 1##nothing\n",
+        )
+        .unwrap();
         let graph = t.graph(&format!(
             "[stages.encode]\ntype = \"c3d_encode\"\ninputs = [\"clips\"]\nmodel = \"{}\"\ndevice = \"cpu\"\n\n\
              [stages.evaluate]\ntype = \"evaluate\"\ninputs = [\"encode\"]\ngrounding = \"{}\"\n",
@@ -169,7 +182,11 @@ mod tests {
         run_stage::<FeatureMsg>(&graph, "evaluate", |scope| {
             // Four 16-frame clips of a 64-frame video at 32 fps; 16-d projections.
             let mut msgs: Vec<FeatureMsg> = (0..4)
-                .map(|i| FeatureMsg::Feature { video: Arc::from("v"), index: i, values: (0..16).map(|k| ((i * 16 + k) as f32).sin()).collect() })
+                .map(|i| FeatureMsg::Feature {
+                    video: Arc::from("v"),
+                    index: i,
+                    values: (0..16).map(|k| ((i * 16 + k) as f32).sin()).collect(),
+                })
                 .collect();
             msgs.push(FeatureMsg::End { video: Arc::from("v"), clips: 4, frames: 64, fps: 32.0 });
             vec![FeatureMsg::wrap(msgs.to_stream(scope))]

@@ -42,17 +42,18 @@ pub struct Writer {
 /// What the file's attributes say about the features: clip geometry,
 /// layer, and the weights that produced them.
 fn run_attrs(ctx: &PrepareContext<'_>) -> anyhow::Result<RunAttrs> {
-    let (clip_frames, stride, layer, checkpoint) = match (ctx.upstream::<C3dEncode>(), ctx.upstream_prepared::<C3dEncode>()) {
-        (Some((_, encode)), Some(encoder)) => {
-            let encoder: &Encoder = encoder;
-            let checkpoint = match &encode.checkpoint {
-                Some(p) => locvtp_model::checkpoint::file_sha256(p)?,
-                None => format!("random-init:{}", ctx.graph.run.seed),
-            };
-            (encoder.clip_frames, encoder.stride, encode.layer.name().to_string(), checkpoint)
-        }
-        _ => (16, 16, "projection".to_string(), "unknown".to_string()),
-    };
+    let (clip_frames, stride, layer, checkpoint) =
+        match (ctx.upstream::<C3dEncode>(), ctx.upstream_prepared::<C3dEncode>()) {
+            (Some((_, encode)), Some(encoder)) => {
+                let encoder: &Encoder = encoder;
+                let checkpoint = match &encode.checkpoint {
+                    Some(p) => locvtp_model::checkpoint::file_sha256(p)?,
+                    None => format!("random-init:{}", ctx.graph.run.seed),
+                };
+                (encoder.clip_frames, encoder.stride, encode.layer.name().to_string(), checkpoint)
+            }
+            _ => (16, 16, "projection".to_string(), "unknown".to_string()),
+        };
     Ok(RunAttrs { clip_frames: clip_frames as u32, stride: stride as u32, layer, checkpoint })
 }
 
@@ -113,7 +114,12 @@ impl StageType for Hdf5Writer {
         }
     }
 
-    fn build<'s>(&self, writer: Arc<Writer>, ctx: &mut BuildContext<'_, 's>, mut inputs: Inputs<'s>) -> Result<Built<'s>, BuildError> {
+    fn build<'s>(
+        &self,
+        writer: Arc<Writer>,
+        ctx: &mut BuildContext<'_, 's>,
+        mut inputs: Inputs<'s>,
+    ) -> Result<Built<'s>, BuildError> {
         let features = inputs.take::<FeatureMsg>(0)?;
         let spool = if ctx.index() == 0 { writer.spool.lock().unwrap_or_else(|e| e.into_inner()).take() } else { None };
         let cfg = WriterConfig {

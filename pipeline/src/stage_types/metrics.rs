@@ -88,7 +88,12 @@ impl StageType for Metrics {
         Some(())
     }
 
-    fn build<'s>(&self, _: Arc<()>, ctx: &mut BuildContext<'_, 's>, mut inputs: Inputs<'s>) -> Result<Built<'s>, BuildError> {
+    fn build<'s>(
+        &self,
+        _: Arc<()>,
+        ctx: &mut BuildContext<'_, 's>,
+        mut inputs: Inputs<'s>,
+    ) -> Result<Built<'s>, BuildError> {
         let events = inputs.take::<TrainEvent>(0)?;
         let (path, plot, stage, run) = (self.path.clone(), self.plot.clone(), ctx.stage.name.clone(), ctx.run.clone());
         let mut first = true;

@@ -4,7 +4,9 @@
 //! caption list). A one-file narration is read as a stream once per
 //! process, keeping only the cues of that process's listed videos.
 
-use crate::engine::{BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType};
+use crate::engine::{
+    BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType,
+};
 use crate::graph::PathResolver;
 use crate::stage_types::video_files::VideoFiles;
 use locvtp_narration::{Cue, NarrationError, NarrationFormat, VideoCues, Warning};
@@ -57,7 +59,9 @@ fn narration_error(e: &NarrationError, listed: &HashSet<std::sync::Arc<str>>) ->
     let id = e.location().and_then(|l| l.video_id.clone());
     match id {
         Some(id) if !listed.contains(id.as_str()) => None,
-        Some(id) => Some(ItemError::new(id, ErrorStage::Narration, Reason::NarrationSkipped { message: e.to_string() })),
+        Some(id) => {
+            Some(ItemError::new(id, ErrorStage::Narration, Reason::NarrationSkipped { message: e.to_string() }))
+        }
         None => Some(ItemError::new("?", ErrorStage::Narration, Reason::NarrationSkipped { message: e.to_string() })),
     }
 }
@@ -103,7 +107,11 @@ fn read_one_file(
 
 /// Each listed video's subtitle file in `dir`; the first by name when a
 /// video has several.
-fn subtitle_files(dir: &Path, format: NarrationFormat, keep: &HashSet<&str>) -> std::io::Result<HashMap<String, PathBuf>> {
+fn subtitle_files(
+    dir: &Path,
+    format: NarrationFormat,
+    keep: &HashSet<&str>,
+) -> std::io::Result<HashMap<String, PathBuf>> {
     let wanted: &[&str] = match format {
         NarrationFormat::Webvtt => &["vtt"],
         NarrationFormat::Srt => &["srt"],
@@ -111,7 +119,9 @@ fn subtitle_files(dir: &Path, format: NarrationFormat, keep: &HashSet<&str>) -> 
     };
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| wanted.contains(&e.to_ascii_lowercase().as_str())))
+        .filter(|p| {
+            p.extension().and_then(|e| e.to_str()).is_some_and(|e| wanted.contains(&e.to_ascii_lowercase().as_str()))
+        })
         .collect();
     paths.sort();
     let mut files = HashMap::new();
@@ -127,7 +137,11 @@ fn subtitle_files(dir: &Path, format: NarrationFormat, keep: &HashSet<&str>) -> 
 
 /// The narration of one video, or why there is none; skipped cues go to
 /// `errors`.
-fn narration_of(video: &VideoItem, source: &NarrationSource, errors: &mut Vec<ItemError>) -> Result<Narration, ItemError> {
+fn narration_of(
+    video: &VideoItem,
+    source: &NarrationSource,
+    errors: &mut Vec<ItemError>,
+) -> Result<Narration, ItemError> {
     let id = &*video.id;
     let fail = |reason| ItemError::new(id, ErrorStage::Narration, reason);
     if let Some(path) = source.files.get(id) {
@@ -167,10 +181,9 @@ impl StageType for NarrationReader {
                 checks.error("file", "set either `dir` (a folder of subtitle files) or `file` (one file), not both")
             }
             (None, None) => checks.error("", "needs `dir` (a folder of subtitle files) or `file` (one file)"),
-            (None, Some(_)) if matches!(self.format, NarrationFormat::Webvtt | NarrationFormat::Srt) => checks.error(
-                "format",
-                "WebVTT and SRT narration is one file per video: give the folder with `dir`",
-            ),
+            (None, Some(_)) if matches!(self.format, NarrationFormat::Webvtt | NarrationFormat::Srt) => {
+                checks.error("format", "WebVTT and SRT narration is one file per video: give the folder with `dir`")
+            }
             (Some(_), None) if matches!(self.format, NarrationFormat::Howto100mJson | NarrationFormat::LocvtpList) => {
                 checks.error("format", "this format is one file for many videos: give it with `file`")
             }
@@ -207,8 +220,17 @@ impl StageType for NarrationReader {
             };
         }
         let file = self.file.as_ref().expect("validated: dir or file");
+        let started = std::time::Instant::now();
         match read_one_file(file, self.format, &keep, &listing.ids) {
             Ok(mut source) => {
+                let mb = std::fs::metadata(file).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0);
+                let secs = started.elapsed().as_secs_f64();
+                tracing::info!(
+                    "{}: {mb:.1} MB read in {secs:.1} s ({:.0} MB/s); kept the narration of {} listed videos",
+                    file.display(),
+                    mb / secs.max(1e-9),
+                    source.cues.lock().map(|c| c.len()).unwrap_or(0)
+                );
                 if ctx.shape.process != 0 {
                     // Every process reads the same file; process 0 reports.
                     source.file_errors.clear();
@@ -275,7 +297,10 @@ mod tests {
     }
 
     fn listed(t: &TestGraph) -> Vec<VideoItem> {
-        ["a", "b", "c"].iter().map(|id| VideoItem { id: Arc::from(*id), path: t.path(&format!("videos/{id}.mp4")) }).collect()
+        ["a", "b", "c"]
+            .iter()
+            .map(|id| VideoItem { id: Arc::from(*id), path: t.path(&format!("videos/{id}.mp4")) })
+            .collect()
     }
 
     #[test]
@@ -284,11 +309,18 @@ mod tests {
         let subs = t.path("subs");
         std::fs::create_dir_all(&subs).unwrap();
         std::fs::write(subs.join("a.en.vtt"), "WEBVTT\n\n00:00.000 --> 00:01.000\nhello there\n").unwrap();
-        std::fs::write(subs.join("b.srt"), "1\n00:00:02,000 --> 00:00:01,000\ninverted\n\n2\n00:00:00,000 --> 00:00:01,000\nfine\n").unwrap();
+        std::fs::write(
+            subs.join("b.srt"),
+            "1\n00:00:02,000 --> 00:00:01,000\ninverted\n\n2\n00:00:00,000 --> 00:00:01,000\nfine\n",
+        )
+        .unwrap();
         let graph = graph(&t, &format!("dir = \"{}\"", subs.display()));
         let items = listed(&t);
-        let out = run_stage::<Narration>(&graph, "narration", move |scope| vec![VideoItem::wrap(items.clone().to_stream(scope))]);
-        let mut got: Vec<(String, usize)> = out.items.iter().map(|(_, n)| (n.video_id.clone(), n.cues().len())).collect();
+        let out = run_stage::<Narration>(&graph, "narration", move |scope| {
+            vec![VideoItem::wrap(items.clone().to_stream(scope))]
+        });
+        let mut got: Vec<(String, usize)> =
+            out.items.iter().map(|(_, n)| (n.video_id.clone(), n.cues().len())).collect();
         got.sort();
         assert_eq!(got, [("a".to_string(), 1), ("b".to_string(), 1)]);
         let mut errors: Vec<(&str, ErrorStage, bool)> =
@@ -309,7 +341,9 @@ mod tests {
         .unwrap();
         let graph = graph(&t, &format!("file = \"{}\"", json.display()));
         let items = listed(&t);
-        let out = run_stage::<Narration>(&graph, "narration", move |scope| vec![VideoItem::wrap(items.clone().to_stream(scope))]);
+        let out = run_stage::<Narration>(&graph, "narration", move |scope| {
+            vec![VideoItem::wrap(items.clone().to_stream(scope))]
+        });
         let ids: Vec<&str> = out.items.iter().map(|(_, n)| n.video_id.as_str()).collect();
         assert_eq!(ids, ["a"]);
         assert!(out.errors.iter().any(|e| e.video_id == "?" && e.reason.to_string().contains("caption.json")));

@@ -1,7 +1,9 @@
 //! `probe`: each video's duration, frame rate and frame count, read from
 //! its container by the worker that owns the video.
 
-use crate::engine::{BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType};
+use crate::engine::{
+    BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType,
+};
 use locvtp_operators::{shard_of, ErrorStage, ItemError, Reason, VideoItem, VideoMeta};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -34,7 +36,12 @@ impl StageType for Probe {
         Some(())
     }
 
-    fn build<'s>(&self, _: Arc<()>, ctx: &mut BuildContext<'_, 's>, mut inputs: Inputs<'s>) -> Result<Built<'s>, BuildError> {
+    fn build<'s>(
+        &self,
+        _: Arc<()>,
+        ctx: &mut BuildContext<'_, 's>,
+        mut inputs: Inputs<'s>,
+    ) -> Result<Built<'s>, BuildError> {
         let videos = inputs.take::<VideoItem>(0)?;
         let results = videos.unary::<CapacityContainerBuilder<Vec<Result<VideoMeta, ItemError>>>, _, _, _>(
             Exchange::new(|v: &VideoItem| shard_of(&v.id)),
@@ -76,11 +83,10 @@ mod tests {
         let bad = t.path("bad.mp4");
         std::fs::write(&bad, b"not a video").unwrap();
         let graph = t.graph("[stages.meta]\ntype = \"probe\"\ninputs = [\"videos\"]\n");
-        let items = vec![
-            VideoItem { id: Arc::from("good"), path: good },
-            VideoItem { id: Arc::from("bad"), path: bad },
-        ];
-        let out = run_stage::<VideoMeta>(&graph, "meta", move |scope| vec![VideoItem::wrap(items.clone().to_stream(scope))]);
+        let items =
+            vec![VideoItem { id: Arc::from("good"), path: good }, VideoItem { id: Arc::from("bad"), path: bad }];
+        let out =
+            run_stage::<VideoMeta>(&graph, "meta", move |scope| vec![VideoItem::wrap(items.clone().to_stream(scope))]);
         assert_eq!(out.items.len(), 1);
         let meta = &out.items[0].1;
         assert_eq!(&*meta.video.id, "good");

@@ -150,9 +150,18 @@ mod tests {
                 background: Background::Black,
             };
             write_video(&SynthSpec::new(32, 32, (20, 1), 2.0, vec![scene]), &path).unwrap();
-            let meta = VideoMeta { video: VideoItem { id: Arc::from(*id), path }, duration_us: 2_000_000, fps_micro: 20_000_000, frames: 40 };
+            let meta = VideoMeta {
+                video: VideoItem { id: Arc::from(*id), path },
+                duration_us: 2_000_000,
+                fps_micro: 20_000_000,
+                frames: 40,
+            };
             let clips = (0..3)
-                .map(|k| CaptionSpan { start_s: k as f64 * 0.6, end_s: k as f64 * 0.6 + 0.6, text: format!("{id} clip {k}") })
+                .map(|k| CaptionSpan {
+                    start_s: k as f64 * 0.6,
+                    end_s: k as f64 * 0.6 + 0.6,
+                    text: format!("{id} clip {k}"),
+                })
                 .collect();
             captions.push(VideoCaptions { meta, clips });
         }
@@ -161,7 +170,9 @@ mod tests {
              [stages.train]\ntype = \"train\"\ninputs = [\"samples\"]\nmodel = \"{}\"\ndevice = \"cpu\"\nepochs = 2\nbatch_size = 2\n",
             config("c3d-tiny.toml").display()
         ));
-        let out = run_stage::<Sample>(&graph, "samples", move |scope| vec![VideoCaptions::wrap(captions.clone().to_stream(scope))]);
+        let out = run_stage::<Sample>(&graph, "samples", move |scope| {
+            vec![VideoCaptions::wrap(captions.clone().to_stream(scope))]
+        });
         // 6 clips in batches of 2: 3 steps an epoch, 2 epochs.
         assert_eq!(out.items.len(), 12);
         let mut per_epoch: BTreeMap<u32, Vec<String>> = BTreeMap::new();

@@ -2,7 +2,9 @@
 //! `locvtp_operators::train`); emits what each step did, and the training
 //! state for checkpoint sinks.
 
-use crate::engine::{BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType};
+use crate::engine::{
+    BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType,
+};
 use crate::graph::{Graph, PathResolver};
 use crate::stage_types::checkpoints::Checkpoints;
 use crate::stage_types::segment_sampler::SegmentSampler;
@@ -73,6 +75,13 @@ pub struct Train {
     /// `auto` (bf16 autocast on CUDA, fp32 elsewhere), `fp32` or `bf16`.
     #[serde(default)]
     pub precision: Precision,
+    /// Keep the frozen text encoder's outputs in the per-user store
+    /// (`LOCVTP_CACHE`, by default ~/.cache/locvtp-flow/text-embeddings),
+    /// so each caption is encoded once across epochs and runs. Its memory
+    /// is bounded; its disk grows with the captions (about 4 bytes x
+    /// hidden size x (words + 1) each).
+    #[serde(default = "yes")]
+    pub text_store: bool,
 }
 
 fn default_epochs() -> usize {
@@ -203,7 +212,11 @@ impl StageType for Train {
                     checks.error_in(
                         name,
                         key,
-                        format!("{given}, but the model of stages.{}.model is built for {key} = {expected} ({})", ctx.stage.name, self.model.display()),
+                        format!(
+                            "{given}, but the model of stages.{}.model is built for {key} = {expected} ({})",
+                            ctx.stage.name,
+                            self.model.display()
+                        ),
                     );
                 }
             }
@@ -211,7 +224,10 @@ impl StageType for Train {
         let text_dir = match self.text_encoder.clone().or_else(locvtp_model::text::default_text_encoder_dir) {
             Some(dir) => dir,
             None => {
-                checks.error("text_encoder", "not set, and the packaged all-MiniLM-L6-v2 was not found (run scripts/setup.sh)");
+                checks.error(
+                    "text_encoder",
+                    "not set, and the packaged all-MiniLM-L6-v2 was not found (run scripts/setup.sh)",
+                );
                 return None;
             }
         };
@@ -309,7 +325,8 @@ impl StageType for Train {
         };
         let encoder = TextEncoder::load(&trainer.text_encoder, device)
             .map_err(|e| ctx.error(format!("{}: {e:#}", trainer.text_encoder.display())))?;
-        let text = TextCache::new(encoder, text_cache_dir());
+        let store = if self.text_store { text_cache_dir() } else { None };
+        let text = TextCache::new(encoder, store).map_err(|e| ctx.error(format!("text store: {e:#}")))?;
         let sampler = ctx.graph.stage(&ctx.stage.inputs[0]).and_then(|s| s.options::<SegmentSampler>());
         let frame_size = sampler.map(|s| s.decode.frame_size as usize).unwrap_or(trainer.model.frame_size as usize);
         let cfg = TrainConfig {

@@ -2,7 +2,9 @@
 //! owns it (by a stable hash of its id), one timestamp per video, at most
 //! `run.max_in_flight` ahead of the ends of its flow.
 
-use crate::engine::{BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType};
+use crate::engine::{
+    BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType,
+};
 use crate::graph::PathResolver;
 use locvtp_operators::source::paced_source;
 use locvtp_operators::{worker_of, ErrorStage, ItemError, Reason, RunStats, VideoItem};
@@ -15,9 +17,8 @@ use timely::dataflow::operators::ToStream;
 
 /// Extensions listed by default: the containers FFmpeg reads that video
 /// datasets come in (HowTo100M's mp4/webm, TGIF's gif, broadcast ts, ...).
-pub const DEFAULT_EXTENSIONS: [&str; 16] = [
-    "mp4", "webm", "mkv", "mov", "avi", "m4v", "mpg", "mpeg", "ts", "flv", "wmv", "3gp", "ogv", "gif", "mts", "m2ts",
-];
+pub const DEFAULT_EXTENSIONS: [&str; 16] =
+    ["mp4", "webm", "mkv", "mov", "avi", "m4v", "mpg", "mpeg", "ts", "flv", "wmv", "3gp", "ogv", "gif", "mts", "m2ts"];
 
 /// Options of `video_files`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

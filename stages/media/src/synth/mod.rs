@@ -18,7 +18,7 @@ mod render;
 mod scene;
 
 pub use demo_set::{
-    demo_set, write_demo_set, DemoManifest, DemoVideo, ManifestVideo, Split, DEMO_HELDOUT, DEMO_VIDEOS,
+    demo_set, write_corpus, write_demo_set, DemoManifest, DemoVideo, ManifestVideo, Split, DEMO_HELDOUT, DEMO_VIDEOS,
 };
 pub use encode::{write_video, VideoCodec};
 pub use narration::{narration_webvtt, scene_sentence, vtt_timestamp};

@@ -1,0 +1,183 @@
+//! `locvtp-flow bench --exchange`: the data-parallel gradient exchange of
+//! the released model (every parameter that gets a gradient; C3D's unused
+//! fc7/fc8 stay home) between two processes on loopback, as training does
+//! it (timely exchange: each worker's gradient in shards to their owners,
+//! summed in micro-batch order, the mean sent back to every worker), next
+//! to torch.distributed's gloo `all_reduce` of as many floats in the same
+//! run. A round is timed from the gradient lying flat in memory to the
+//! mean gradient assembled on every worker.
+
+use super::BenchArgs;
+use crate::run::Cluster;
+use anyhow::{bail, Context, Result};
+use locvtp_model::train::GradientLayout;
+use locvtp_model::{LocVtp, ModelConfig};
+use locvtp_operators::accumulate::PerTime;
+use locvtp_operators::samples::StepInfo;
+use locvtp_operators::train::exchange::{chunk_range, chunks, concat_chunks, reduce, to_bytes, GradPart, MeanShard};
+use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::path::Path;
+use std::process::Command;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Probe;
+use timely::dataflow::{InputHandle, ProbeHandle};
+
+/// Floats of the released model's gradient (T = 5, D = 256, fc7/fc8 left
+/// out).
+fn released_gradient_floats() -> usize {
+    let cfg = ModelConfig { num_segments: 5, ..ModelConfig::default() };
+    let model = LocVtp::new(&cfg, tch::Device::Cpu, 0);
+    GradientLayout::of(&model).total
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One process of the exchange cluster; prints its round times as JSON.
+pub(super) fn exchange_process(args: &BenchArgs, process: usize, hosts: &Path) -> Result<()> {
+    let cluster = Cluster {
+        threads: 1,
+        processes: 2,
+        process,
+        hostfile: Some(hosts.to_path_buf()),
+        connect_timeout: Duration::from_secs(60),
+    };
+    let (floats, rounds) = (args.exchange_floats, args.exchange_rounds);
+    let guards = cluster.execute(move |worker| {
+        let index = worker.index();
+        let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<GradPart>>>::new();
+        let probe = ProbeHandle::new();
+        let checked = Rc::new(RefCell::new(Vec::new()));
+        worker.dataflow::<u64, _, _>(|scope| {
+            let sums = checked.clone();
+            reduce(input.to_stream(scope), 2)
+                .unary_frontier::<CapacityContainerBuilder<Vec<u8>>, _, _, _>(
+                    Exchange::new(|m: &MeanShard| u64::from(m.target)),
+                    "AssembleMean",
+                    move |_, _| {
+                        let mut open: PerTime<Vec<MeanShard>> = PerTime::default();
+                        move |(input, frontier), _output| {
+                            input.for_each(|cap, data| open.entry(&cap).append(data));
+                            for (_, mut shards) in open.drain_complete(frontier) {
+                                shards.sort_by_key(|s| s.chunk);
+                                let mean = concat_chunks(shards.iter().map(|s| s.values.as_slice()), floats);
+                                sums.borrow_mut().push((mean.len(), mean.first().copied().unwrap_or(f32::NAN)));
+                            }
+                        }
+                    },
+                )
+                .probe_with(&probe);
+        });
+        // Worker i's gradient is all i + 1: the mean is 1.5 everywhere.
+        let gradient = vec![(index + 1) as f32; floats];
+        let mut seconds = Vec::new();
+        for round in 0..=rounds as u64 {
+            let start = Instant::now();
+            for c in 0..chunks(floats) {
+                let values = to_bytes(&gradient[chunk_range(floats, c)]);
+                input.send(GradPart {
+                    at: StepInfo { step: round, epoch: 0, epoch_end: false, steps_total: rounds as u64 + 1 },
+                    part: index as u32,
+                    chunk: c as u32,
+                    samples: 1,
+                    values,
+                    terms: Vec::new(),
+                });
+            }
+            input.advance_to(round + 1);
+            while probe.less_than(&(round + 1)) {
+                worker.step_or_park(None);
+            }
+            if round > 0 {
+                seconds.push(start.elapsed().as_secs_f64());
+            }
+        }
+        let checked = checked.borrow().clone();
+        (seconds, checked)
+    })?;
+    for result in guards.join() {
+        let (seconds, checked) = result.map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (len, first) in checked {
+            if len != floats || first != 1.5 {
+                bail!("the exchange delivered {len} floats starting {first}, expected {floats} of 1.5");
+            }
+        }
+        println!("{}", json!({ "process": process, "seconds": seconds }));
+    }
+    Ok(())
+}
+
+pub(super) fn bench_exchange(args: &BenchArgs) -> Result<Value> {
+    let floats = args.exchange_floats_or(released_gradient_floats());
+    let rounds = args.exchange_rounds;
+    let dir = std::path::absolute(&args.out)?;
+    std::fs::create_dir_all(&dir)?;
+    let hosts = dir.join("exchange-hosts.txt");
+    let ports: Vec<u16> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().map(|a| a.port())))
+        .collect::<std::io::Result<std::io::Result<Vec<u16>>>>()??;
+    std::fs::write(&hosts, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>())?;
+    println!(
+        "gradient exchange, 2 processes on loopback: {floats} floats ({:.0} MB), {rounds} rounds after a warm-up",
+        floats as f64 * 4.0 / 1e6
+    );
+    let exe = std::env::current_exe()?;
+    let spawned: Vec<_> = (0..2)
+        .map(|p| {
+            Command::new(&exe)
+                .args(["bench", "--exchange-process", &p.to_string()])
+                .arg("--exchange-hosts")
+                .arg(&hosts)
+                .args(["--exchange-floats", &floats.to_string(), "--exchange-rounds", &rounds.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect::<std::io::Result<_>>()?;
+    let children: Vec<_> = spawned.into_iter().map(|c| c.wait_with_output()).collect::<std::io::Result<_>>()?;
+    let mut ours = Vec::new();
+    for (p, out) in children.iter().enumerate() {
+        if !out.status.success() {
+            bail!("exchange process {p} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_default();
+        let v: Value = serde_json::from_str(line).with_context(|| format!("process {p}: {stdout}"))?;
+        ours.push(v);
+    }
+    let our_seconds: Vec<f64> = ours[0]["seconds"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
+    let ours_median = median(our_seconds.clone());
+    println!("  locvtp-flow (timely exchange): median {:.3} s a round", ours_median);
+    let python = super::python_for(args);
+    let script = dir.join("gloo_allreduce.py");
+    std::fs::write(&script, include_str!("../../../benches/gloo_allreduce.py"))?;
+    let gloo = Command::new(&python)
+        .arg(&script)
+        .args(["--floats", &floats.to_string(), "--rounds", &rounds.to_string()])
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    let mut report = json!({
+        "floats": floats, "rounds": rounds, "processes": 2,
+        "ours_seconds": our_seconds, "ours_median_s": ours_median,
+    });
+    if gloo.status.success() {
+        let v: Value = serde_json::from_slice(&gloo.stdout)?;
+        let gloo_seconds: Vec<f64> = v["seconds"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
+        let gloo_median = median(gloo_seconds.clone());
+        println!("  torch.distributed gloo all_reduce (torch {}): median {gloo_median:.3} s a round", v["torch"]);
+        println!("  ours / gloo = {:.2}", ours_median / gloo_median);
+        report["gloo_seconds"] = json!(gloo_seconds);
+        report["gloo_median_s"] = json!(gloo_median);
+        report["ratio"] = json!(ours_median / gloo_median);
+    } else {
+        println!("  gloo unavailable: {}", String::from_utf8_lossy(&gloo.stderr).lines().last().unwrap_or(""));
+    }
+    Ok(report)
+}
