@@ -89,7 +89,7 @@ impl Segment {
         let open = |p: &Path| -> Result<Mmap> {
             let f = File::open(p).with_context(|| format!("{}: cannot open", p.display()))?;
             // Sealed segments are never written again, by any process.
-            Ok(unsafe { Mmap::map(&f) }.with_context(|| format!("{}: cannot map", p.display()))?)
+            unsafe { Mmap::map(&f) }.with_context(|| format!("{}: cannot map", p.display()))
         };
         let (data, index) = (open(data)?, open(index)?);
         if index.len() < 8 || &index[..8] != INDEX_MAGIC || (index.len() - 8) % 24 != 0 {

@@ -247,6 +247,32 @@ fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
     fs::rename(&partial, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
+/// Writes a narrated training corpus of `videos` videos under `dir`
+/// (`videos/<id>.mp4`, `narration/<id>.vtt`), each of `scenes` scenes of
+/// about 1.5 s at 64x48 and 10 fps with one narration cue per scene: as
+/// many caption clips per video whatever the corpus size, for measuring how
+/// a run scales with the corpus. Videos already written are kept.
+pub fn write_corpus(dir: &Path, videos: usize, scenes: usize, seed: u64) -> anyhow::Result<usize> {
+    let (video_dir, narration_dir) = (dir.join("videos"), dir.join("narration"));
+    for d in [&video_dir, &narration_dir] {
+        fs::create_dir_all(d).with_context(|| format!("{}: cannot create", d.display()))?;
+    }
+    let scenes = scenes.max(1);
+    for i in 0..videos {
+        let id = format!("c{i:06}");
+        let (video, narration) = (video_dir.join(format!("{id}.mp4")), narration_dir.join(format!("{id}.vtt")));
+        if video.exists() && narration.exists() {
+            continue;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let seconds = 1.5 * scenes as f64;
+        let spec = SynthSpec::new(64, 48, (10, 1), seconds, random_scenes(&mut rng, seconds, scenes));
+        write_video(&spec, &video)?;
+        write_atomic(&narration, &narration_webvtt(&spec.scenes))?;
+    }
+    Ok(videos)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,30 +387,4 @@ mod tests {
         write_set(root, 11, &videos).unwrap();
         assert_eq!(fs::read(&video).unwrap(), bytes);
     }
-}
-
-/// Writes a narrated training corpus of `videos` videos under `dir`
-/// (`videos/<id>.mp4`, `narration/<id>.vtt`), each of `scenes` scenes of
-/// about 1.5 s at 64x48 and 10 fps with one narration cue per scene: as
-/// many caption clips per video whatever the corpus size, for measuring how
-/// a run scales with the corpus. Videos already written are kept.
-pub fn write_corpus(dir: &Path, videos: usize, scenes: usize, seed: u64) -> anyhow::Result<usize> {
-    let (video_dir, narration_dir) = (dir.join("videos"), dir.join("narration"));
-    for d in [&video_dir, &narration_dir] {
-        fs::create_dir_all(d).with_context(|| format!("{}: cannot create", d.display()))?;
-    }
-    let scenes = scenes.max(1);
-    for i in 0..videos {
-        let id = format!("c{i:06}");
-        let (video, narration) = (video_dir.join(format!("{id}.mp4")), narration_dir.join(format!("{id}.vtt")));
-        if video.exists() && narration.exists() {
-            continue;
-        }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let seconds = 1.5 * scenes as f64;
-        let spec = SynthSpec::new(64, 48, (10, 1), seconds, random_scenes(&mut rng, seconds, scenes));
-        write_video(&spec, &video)?;
-        write_atomic(&narration, &narration_webvtt(&spec.scenes))?;
-    }
-    Ok(videos)
 }
