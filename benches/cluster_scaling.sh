@@ -46,8 +46,10 @@ graph w1; "$BIN" run "$WORK/w1.toml" -q
 graph w2; "$BIN" run "$WORK/w2.toml" -q -w 2
 graph n2
 printf '127.0.0.1:%s\n127.0.0.1:%s\n' 23101 23102 >"$WORK/hosts"
-"$BIN" run "$WORK/n2.toml" -q -n 2 -p 1 -h "$WORK/hosts" &
-"$BIN" run "$WORK/n2.toml" -q -n 2 -p 0 -h "$WORK/hosts"
+# The two processes prove a secret of this run to each other.
+(umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$WORK/secret")
+"$BIN" run "$WORK/n2.toml" -q -n 2 -p 1 -H "$WORK/hosts" --secret-file "$WORK/secret" &
+"$BIN" run "$WORK/n2.toml" -q -n 2 -p 0 -H "$WORK/hosts" --secret-file "$WORK/secret"
 wait
 W1=$(clips_per_s "$WORK/w1/summary.json"); W2=$(clips_per_s "$WORK/w2/summary.json"); N2=$(clips_per_s "$WORK/n2/summary.json")
 echo "videos: $VIDEOS  model: $MODEL  cores: $(nproc)"

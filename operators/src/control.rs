@@ -29,7 +29,8 @@ pub enum ControlMsg {
     Counts { process: usize, counts: Counts, cut_short: bool },
 }
 
-/// What worker 0 learns over the run.
+/// What a worker learns over the run: worker 0 all of it, the others the
+/// stop request and whether the run was cut short.
 #[derive(Debug, Default, Clone)]
 pub struct ClusterReport {
     /// Counters summed over every process that reported.
@@ -37,13 +38,15 @@ pub struct ClusterReport {
     pub processes_reported: usize,
     /// The first stop request seen, and the process it came from.
     pub stop: Option<(usize, StopCause)>,
-    /// Some process's source left work undone.
+    /// Some process's source left work undone. Every worker learns this,
+    /// so that every process of an interrupted run reports the interruption.
     pub cut_short: bool,
 }
 
 /// Builds the control dataflow in `scope`. `graph` probes the main graph's
 /// sinks; `process` is this worker's process index and `reports_counts` is
-/// true on one worker per process. Worker 0 fills `report`.
+/// true on one worker per process. Every worker fills its `report`; only
+/// worker 0 sums the counters.
 pub fn control(
     scope: Scope<'_, u64>,
     graph: ProbeHandle<u64>,
@@ -96,13 +99,14 @@ pub fn control(
                             r.stop = Some((from, cause));
                         }
                     }
-                    ControlMsg::Counts { counts, cut_short, .. } if is_first => {
+                    ControlMsg::Counts { counts, cut_short, .. } => {
                         let mut r = report.borrow_mut();
-                        r.counts.add(&counts);
-                        r.processes_reported += 1;
                         r.cut_short |= cut_short;
+                        if is_first {
+                            r.counts.add(&counts);
+                            r.processes_reported += 1;
+                        }
                     }
-                    ControlMsg::Counts { .. } => {}
                 }
             }
         });
@@ -141,5 +145,42 @@ mod tests {
         });
         assert_eq!(stop, Some((0, StopCause::Signal(15))));
         assert_eq!(counts, 5);
+    }
+
+    #[test]
+    fn every_process_learns_that_another_one_was_cut_short() {
+        // Two workers stand for two processes, each with its own run state;
+        // only the first one's source left work undone.
+        let config = timely::Config::process(2);
+        let guards = timely::execute(config, |worker| {
+            let index = worker.index();
+            let run = Arc::new(RunShared::default());
+            if index == 0 {
+                run.request_stop(StopCause::Signal(15));
+                run.mark_cut_short();
+            }
+            let report = Rc::new(RefCell::new(ClusterReport::default()));
+            let graph = ProbeHandle::new();
+            let mut input = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, stream) = scope.new_input::<Vec<u32>>();
+                stream.probe_with(&graph);
+                input
+            });
+            worker
+                .dataflow::<u64, _, _>(|scope| control(scope, graph.clone(), run.clone(), index, true, report.clone()));
+            input.advance_to(1);
+            drop(input);
+            while worker.step_or_park(None) {}
+            let r = report.borrow().clone();
+            (index, r.cut_short, r.stop, run.stop_cause())
+        })
+        .unwrap();
+        let mut seen: Vec<_> = guards.join().into_iter().map(|r| r.unwrap()).collect();
+        seen.sort_by_key(|s| s.0);
+        for (index, cut_short, stop, cause) in seen {
+            assert!(cut_short, "worker {index}");
+            assert_eq!(stop, Some((0, StopCause::Signal(15))), "worker {index}");
+            assert_eq!(cause, Some(StopCause::Signal(15)), "worker {index}");
+        }
     }
 }

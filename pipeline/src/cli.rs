@@ -4,7 +4,7 @@
 use crate::error::RunError;
 use crate::run::{self, Cluster, RunFlags};
 use crate::{bench, engine, graph, inspect};
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -15,14 +15,19 @@ Examples:
   locvtp-flow run graphs/extract.toml                # clip features of a folder of videos -> HDF5
   locvtp-flow run graphs/extract.toml --set stages.encode.device=cpu --set stages.encode.batch_size=4
   locvtp-flow run graphs/extract.toml -w 2           # two worker threads
-  locvtp-flow run graphs/extract.toml -n 2 -p 0 &    # two processes on this machine (loopback):
-  locvtp-flow run graphs/extract.toml -n 2 -p 1      #   one command per process
-  locvtp-flow run graphs/extract.toml -n 4 -p 2 -h hosts.txt   # process 2 of 4 on several machines
+
+  A cluster of processes shares a secret (--secret-file, or LOCVTP_CLUSTER_SECRET):
+  (umask 077; openssl rand -hex 32 > ~/.locvtp-secret)
+  locvtp-flow run graphs/extract.toml -n 2 -p 0 --secret-file ~/.locvtp-secret &   # two processes on
+  locvtp-flow run graphs/extract.toml -n 2 -p 1 --secret-file ~/.locvtp-secret     #   this machine
+  locvtp-flow run graphs/extract.toml -n 4 -p 2 -H hosts.txt --secret-file ~/.locvtp-secret   # several machines
+  torchrun --nproc-per-node 8 --no-python locvtp-flow run graphs/extract.toml --secret-file ~/.locvtp-secret
 
 Exit codes: 0 the run completed (individual bad items are listed in errors.jsonl),
-1 the run failed, 2 the graph or a path in it is wrong (nothing was started),
-130 stopped by Ctrl-C (143 by SIGTERM): finished work is kept and the same
-command resumes; a second Ctrl-C aborts at once.";
+1 the run failed, 2 the graph, a path in it or the cluster's configuration is wrong
+(nothing was started), 130 stopped by Ctrl-C (143 by SIGTERM), on every process of
+a cluster: finished work is kept and the same command resumes; a second Ctrl-C
+aborts at once.";
 
 #[derive(Parser)]
 #[command(name = "locvtp-flow", version, about, after_help = EXAMPLES)]
@@ -34,10 +39,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a graph: `locvtp-flow run graphs/extract.toml`.
-    #[command(disable_help_flag = true, after_help = EXAMPLES)]
+    #[command(after_help = EXAMPLES)]
     Run(RunArgs),
     /// Validate a graph and print its stages, types and edges.
-    #[command(disable_help_flag = true)]
     Check(GraphArgs),
     /// Write every intermediate of the losses (V, S, W, A, positives,
     /// negatives, V', each term) for given inputs and draws to safetensors.
@@ -100,8 +104,6 @@ struct GraphArgs {
     /// Override an option: `--set stages.encode.batch_size=64` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    #[arg(long, action = ArgAction::Help, help = "Print help")]
-    help: Option<bool>,
 }
 
 #[derive(Args)]
@@ -111,16 +113,24 @@ struct RunArgs {
     /// Worker threads per process (timely's -w).
     #[arg(short = 'w', long = "threads", default_value_t = 1)]
     threads: usize,
-    /// Number of processes (timely's -n).
-    #[arg(short = 'n', long = "processes", default_value_t = 1)]
-    processes: usize,
-    /// This process's index, 0..n (timely's -p).
-    #[arg(short = 'p', long = "process", default_value_t = 0)]
-    process: usize,
-    /// File of `host:port` lines, one per process (timely's -h); defaults
-    /// to 127.0.0.1:2101, 2102, ... on loopback.
-    #[arg(short = 'h', long = "hostfile")]
+    /// Number of processes (timely's -n) [default: WORLD_SIZE from torchrun,
+    /// else SLURM_NTASKS from SLURM, else 1].
+    #[arg(short = 'n', long = "processes")]
+    processes: Option<usize>,
+    /// This process's index, 0..n (timely's -p) [default: RANK from
+    /// torchrun, else SLURM_PROCID from SLURM, else 0].
+    #[arg(short = 'p', long = "process")]
+    process: Option<usize>,
+    /// File of `host:port` lines, one per process, the same for every
+    /// process (timely's -h); defaults to 127.0.0.1:2101, 2102, ... on
+    /// loopback.
+    #[arg(short = 'H', long = "hostfile")]
     hostfile: Option<PathBuf>,
+    /// File holding the secret that every process of a cluster shares
+    /// (readable only by you); without it, the LOCVTP_CLUSTER_SECRET
+    /// environment variable. Required with more than one process.
+    #[arg(long, value_name = "PATH")]
+    secret_file: Option<PathBuf>,
     /// Seconds a process waits for its cluster peers to connect.
     #[arg(long, default_value_t = 60)]
     connect_timeout: u64,
@@ -132,8 +142,22 @@ struct RunArgs {
     quiet: bool,
 }
 
+/// The log filter and where it came from: `RUST_LOG` as in any Rust
+/// program, else `LOCVTP_LOG`, else `info`; an empty variable counts as
+/// unset.
+fn log_filter(rust_log: Option<String>, locvtp_log: Option<String>) -> (&'static str, String) {
+    [("RUST_LOG", rust_log), ("LOCVTP_LOG", locvtp_log)]
+        .into_iter()
+        .find_map(|(name, value)| value.filter(|v| !v.trim().is_empty()).map(|v| (name, v)))
+        .unwrap_or(("the default", "info".to_string()))
+}
+
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCVTP_LOG").unwrap_or_else(|_| "info".into());
+    let (origin, spec) = log_filter(std::env::var("RUST_LOG").ok(), std::env::var("LOCVTP_LOG").ok());
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+        eprintln!("warning: {origin}={spec:?} is not a log filter ({e}); logging at `info`");
+        tracing_subscriber::EnvFilter::new("info")
+    });
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
@@ -180,16 +204,36 @@ fn check(args: &GraphArgs) -> Result<(), RunError> {
     Ok(())
 }
 
+/// The cluster of `run`'s flags and of the launcher's environment.
+fn cluster_of(args: &RunArgs) -> Result<Cluster, RunError> {
+    let usage = |e: String| RunError::Usage(anyhow::anyhow!(e));
+    let placed = run::cluster::placement(args.processes, args.process, |k| std::env::var(k).ok()).map_err(usage)?;
+    if let Some(launcher) = placed.launcher {
+        tracing::info!("process {} of {} (from {launcher}'s environment)", placed.process, placed.processes);
+    }
+    let secret = if placed.processes > 1 {
+        let env = std::env::var_os(run::handshake::SECRET_ENV);
+        let secret = run::handshake::ClusterSecret::resolve(args.secret_file.as_deref(), env).map_err(usage)?;
+        Some(secret.ok_or_else(|| usage(run::cluster::missing_secret(placed.processes)))?)
+    } else {
+        None
+    };
+    let cluster = Cluster {
+        threads: args.threads.max(1),
+        processes: placed.processes,
+        process: placed.process,
+        hostfile: args.hostfile.clone(),
+        connect_timeout: std::time::Duration::from_secs(args.connect_timeout),
+        secret,
+    };
+    cluster.check().map_err(RunError::Usage)?;
+    Ok(cluster)
+}
+
 /// `locvtp-flow run`.
 fn run_graph(args: &RunArgs) -> Result<(), RunError> {
     let graph = load_graph(&args.graph)?;
-    let cluster = Cluster {
-        threads: args.threads.max(1),
-        processes: args.processes.max(1),
-        process: args.process,
-        hostfile: args.hostfile.clone(),
-        connect_timeout: std::time::Duration::from_secs(args.connect_timeout),
-    };
+    let cluster = cluster_of(args)?;
     exit_on_panic();
     let flags = RunFlags { strict: args.strict, quiet: args.quiet };
     let summary = run::run(&graph, &cluster, &flags)?;
@@ -264,5 +308,35 @@ pub fn main() -> ExitCode {
             Err(e) => report(Err(RunError::Setup(e))),
         },
         Command::Run(args) => report(run_graph(&args)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn rust_log_comes_before_locvtp_log_and_info_is_the_default() {
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(log_filter(s("debug"), s("warn")), ("RUST_LOG", "debug".to_string()));
+        assert_eq!(log_filter(None, s("warn")), ("LOCVTP_LOG", "warn".to_string()));
+        assert_eq!(log_filter(s(" "), s("warn")), ("LOCVTP_LOG", "warn".to_string()));
+        assert_eq!(log_filter(None, None), ("the default", "info".to_string()));
+    }
+
+    #[test]
+    fn h_is_help_for_every_command_and_capital_h_the_hostfile() {
+        Cli::command().debug_assert();
+        let names: Vec<String> = Cli::command().get_subcommands().map(|c| c.get_name().to_string()).collect();
+        assert!(names.len() >= 6 && names.iter().any(|n| n == "run"), "{names:?}");
+        for name in names {
+            let err = Cli::try_parse_from(["locvtp-flow", &name, "-h"]).err().unwrap_or_else(|| panic!("{name} -h"));
+            assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp, "`{name} -h`: {err}");
+        }
+        let parsed = Cli::try_parse_from(["locvtp-flow", "run", "g.toml", "-H", "hosts.txt", "-n", "2"]).unwrap();
+        let Command::Run(args) = parsed.command else { panic!("not run") };
+        assert_eq!(args.hostfile, Some(PathBuf::from("hosts.txt")));
+        assert_eq!((args.processes, args.process), (Some(2), None));
     }
 }

@@ -10,6 +10,10 @@ use std::fmt;
 pub enum RunError {
     /// The graph or a path in it is wrong; nothing was started. Exit 2.
     Config(GraphError),
+    /// The command line or the cluster's configuration is wrong (no secret,
+    /// an index out of range, a hostfile that cannot be read); nothing was
+    /// started. Exit 2.
+    Usage(anyhow::Error),
     /// Setting up the run failed (the cluster, an output that cannot be
     /// replaced). Exit 1.
     Setup(anyhow::Error),
@@ -28,7 +32,7 @@ pub enum RunError {
 impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Config(_) => 2,
+            RunError::Config(_) | RunError::Usage(_) => 2,
             RunError::Interrupted { signal } => (128 + signal).clamp(0, 255) as u8,
             RunError::Setup(_) | RunError::Fatal(_) | RunError::NothingDone { .. } | RunError::ItemsFailed { .. } => 1,
         }
@@ -39,7 +43,7 @@ impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RunError::Config(e) => write!(f, "{e}"),
-            RunError::Setup(e) => write!(f, "error: {e:#}"),
+            RunError::Setup(e) | RunError::Usage(e) => write!(f, "error: {e:#}"),
             RunError::Fatal(e) => write!(f, "error: {e}"),
             RunError::NothingDone { failed } => {
                 write!(f, "error: no video could be processed ({failed} failed; see errors.jsonl)")
@@ -67,6 +71,7 @@ mod tests {
     #[test]
     fn exit_codes() {
         assert_eq!(RunError::Config(GraphError { problems: vec![] }).exit_code(), 2);
+        assert_eq!(RunError::Usage(anyhow::anyhow!("no secret")).exit_code(), 2);
         assert_eq!(RunError::Interrupted { signal: 2 }.exit_code(), 130);
         assert_eq!(RunError::Interrupted { signal: 15 }.exit_code(), 143);
         assert_eq!(RunError::NothingDone { failed: 3 }.exit_code(), 1);

@@ -20,23 +20,46 @@ pub fn binary() -> PathBuf {
     bin
 }
 
+/// The cluster secret of the tests' loopback clusters, given through the
+/// environment as a launcher would.
+pub const TEST_SECRET: &str = "locvtp-flow-test-secret-0123456789";
+
+/// Variables of the test runner's environment that would change what a
+/// command does: the log filter, and a launcher's process count and index
+/// (a test run inside a SLURM allocation must not turn into a cluster).
+const AMBIENT: [&str; 8] = [
+    "RUST_LOG",
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+    "LOCVTP_CLUSTER_SECRET",
+];
+
+/// `locvtp-flow ARGS` in `cwd`, logging warnings, with [`TEST_SECRET`]
+/// and nothing of the test runner's environment that would change it.
+pub fn flow_command(cwd: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(binary());
+    command.args(args).current_dir(cwd);
+    for var in AMBIENT {
+        command.env_remove(var);
+    }
+    command.env("LOCVTP_LOG", "warn").env("LOCVTP_CLUSTER_SECRET", TEST_SECRET);
+    command
+}
+
 /// Runs `locvtp-flow ARGS` in `cwd` and returns its output.
 pub fn run_flow(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(binary()).args(args).current_dir(cwd).env("LOCVTP_LOG", "warn").output().expect("run locvtp-flow")
+    flow_command(cwd, args).output().expect("run locvtp-flow")
 }
 
 /// Starts `locvtp-flow ARGS` in `cwd` without waiting for it; its output
 /// goes to `log`.
 pub fn spawn_flow(cwd: &Path, args: &[&str], log: &Path) -> Child {
     let log = std::fs::File::create(log).expect("create log file");
-    Command::new(binary())
-        .args(args)
-        .current_dir(cwd)
-        .env("LOCVTP_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start locvtp-flow")
+    flow_command(cwd, args).stdout(Stdio::null()).stderr(log).spawn().expect("start locvtp-flow")
 }
 
 /// `summary.json` of a run's output folder.
@@ -163,18 +186,16 @@ pub fn loopback_hostfile(dir: &Path, n: usize) -> PathBuf {
 }
 
 /// Runs the processes of a loopback cluster, one `locvtp-flow run` each,
-/// and returns their outputs in process order.
+/// with the secret [`TEST_SECRET`] in their environment, and returns their
+/// outputs in process order.
 pub fn run_cluster(cwd: &Path, graph: &Path, processes: usize, threads: usize) -> Vec<Output> {
     let hosts = loopback_hostfile(cwd, processes);
     let children: Vec<std::process::Child> = (0..processes)
         .map(|p| {
-            Command::new(binary())
-                .args(["run", graph.to_str().unwrap(), "-q", "--connect-timeout", "60"])
+            flow_command(cwd, &["run", graph.to_str().unwrap(), "-q", "--connect-timeout", "60"])
                 .args(["-w", &threads.to_string(), "-n", &processes.to_string(), "-p", &p.to_string()])
-                .arg("-h")
+                .arg("-H")
                 .arg(&hosts)
-                .current_dir(cwd)
-                .env("LOCVTP_LOG", "warn")
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()

@@ -72,6 +72,20 @@ fn rejected(dir: &Path, name: &str, text: &str) -> (String, String) {
 }
 
 #[test]
+fn dash_h_prints_the_help_of_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in ["run", "check", "stages", "inspect", "bench", "demo-data"] {
+        let o = run_flow(dir.path(), &[command, "-h"]);
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{command} -h: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(stdout.contains(&format!("Usage: locvtp-flow {command}")), "{command} -h: {stdout}");
+    }
+    let o = run_flow(dir.path(), &["run", "-h"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("-H, --hostfile") && stdout.contains("--secret-file"), "{stdout}");
+}
+
+#[test]
 fn the_valid_graph_passes() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ok.toml");

@@ -77,8 +77,14 @@ fn extraction_run(
         .stage("write", &Hdf5Writer::default(), &["encode"])
         .build(&dir.join("extract (bench)"))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let cluster =
-        Cluster { threads: 1, processes: 1, process: 0, hostfile: None, connect_timeout: Duration::from_secs(60) };
+    let cluster = Cluster {
+        threads: 1,
+        processes: 1,
+        process: 0,
+        hostfile: None,
+        connect_timeout: Duration::from_secs(60),
+        secret: None,
+    };
     let flags = RunFlags { strict: true, quiet: true };
     let summary = run::run(&graph, &cluster, &flags).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(f) = &summary.fatal {

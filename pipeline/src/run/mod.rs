@@ -3,6 +3,8 @@
 //! dataflow beside it, runs them to completion, and process 0 sums up.
 
 pub mod cluster;
+mod connect;
+pub mod handshake;
 pub mod interrupt;
 mod progress;
 pub mod summary;
@@ -31,9 +33,10 @@ pub struct RunFlags {
     pub quiet: bool,
 }
 
-/// What worker 0 knows when the dataflows are complete.
-struct WorkerZero {
-    tally: ErrorTally,
+/// What the first worker of a process knows when the dataflows are
+/// complete; only worker 0 has the cluster's error tally.
+struct LeaderEnd {
+    tally: Option<ErrorTally>,
     report: ClusterReport,
 }
 
@@ -62,41 +65,53 @@ pub fn run(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result<RunSumm
     );
     let prepared = Arc::new(prepared);
     let errors_path = graph.run.errors_file();
-    let guards = {
+    let workers = {
         let (run, prepared) = (run.clone(), prepared.clone());
-        cluster
-            .execute(move |worker| {
-                let index = worker.index();
-                let process_leader = index % shape.threads.max(1) == 0;
-                let tally = Rc::new(RefCell::new(ErrorTally::default()));
-                let report = Rc::new(RefCell::new(ClusterReport::default()));
-                let done = ProbeHandle::new();
-                let built = worker.dataflow::<u64, _, _>(|scope| {
-                    engine::build(scope, &prepared, &run, &done, errors_path.clone(), tally.clone())
-                });
-                if let Err(e) = built {
-                    run.fail(&e.stage, &e.message);
-                }
-                worker.dataflow::<u64, _, _>(|scope| {
-                    control(scope, done.clone(), run.clone(), shape.process, process_leader, report.clone())
-                });
-                while worker.step_or_park(None) {}
-                (index == 0).then(|| WorkerZero { tally: tally.borrow().clone(), report: report.borrow().clone() })
+        let stopping = run.clone();
+        cluster.execute(&move || stopping.stopping(), move |worker| {
+            let index = worker.index();
+            let process_leader = index % shape.threads.max(1) == 0;
+            let tally = Rc::new(RefCell::new(ErrorTally::default()));
+            let report = Rc::new(RefCell::new(ClusterReport::default()));
+            let done = ProbeHandle::new();
+            let built = worker.dataflow::<u64, _, _>(|scope| {
+                engine::build(scope, &prepared, &run, &done, errors_path.clone(), tally.clone())
+            });
+            if let Err(e) = built {
+                run.fail(&e.stage, &e.message);
+            }
+            worker.dataflow::<u64, _, _>(|scope| {
+                control(scope, done.clone(), run.clone(), shape.process, process_leader, report.clone())
+            });
+            while worker.step_or_park(None) {}
+            process_leader.then(|| LeaderEnd {
+                tally: (index == 0).then(|| tally.borrow().clone()),
+                report: report.borrow().clone(),
             })
-            .map_err(RunError::Setup)?
+        })
     };
-    let mut zero = None;
+    let guards = match workers {
+        Ok(guards) => guards,
+        Err(e) => {
+            return Err(match run.stop_cause() {
+                // A signal while the cluster connects: nothing was started.
+                Some(StopCause::Signal(signal)) => RunError::Interrupted { signal },
+                _ => RunError::Setup(e),
+            });
+        }
+    };
+    let mut leader = None;
     for result in guards.join() {
         match result {
-            Ok(Some(w)) => zero = Some(w),
+            Ok(Some(w)) => leader = Some(w),
             Ok(None) => {}
             Err(e) => return Err(RunError::Setup(anyhow::anyhow!("a worker failed: {e}"))),
         }
     }
     drop(progress);
 
-    let (tally, report) = match zero {
-        Some(w) => (w.tally, w.report),
+    let (tally, report) = match leader {
+        Some(w) => (w.tally.unwrap_or_default(), w.report),
         None => (ErrorTally::default(), ClusterReport::default()),
     };
     let counts = if report.processes_reported > 0 { report.counts } else { run.stats.snapshot() };
