@@ -3,6 +3,7 @@
 //! an independent frame count from ffprobe.
 
 use locvtp_media::synth::{Background, Colour, Motion, Scene, Shape, SynthSpec};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -18,6 +19,29 @@ pub fn binary() -> PathBuf {
     let bin = exe.parent().and_then(Path::parent).expect("target folder").join("locvtp-flow");
     assert!(bin.exists(), "{} is missing: build it first with `cargo build -p locvtp-flow`", bin.display());
     bin
+}
+
+/// Runs the project's virtualenv Python (scripts/setup.sh installs it) with
+/// `args`, panicking with its messages if it fails; returns its stdout.
+pub fn python(args: &[&dyn AsRef<OsStr>]) -> String {
+    let out = Command::new(repo().join(".venv/bin/python"))
+        .args(args.iter().map(|a| a.as_ref()))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("the project's virtualenv python");
+    assert!(
+        out.status.success(),
+        "python {:?}: {}",
+        args.iter().map(|a| a.as_ref()).collect::<Vec<_>>(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The JSON summary a script prints as its last line.
+pub fn last_json(stdout: &str) -> serde_json::Value {
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("last line {line:?} is not JSON: {e}"))
 }
 
 /// Runs `locvtp-flow ARGS` in `cwd` and returns its output.
