@@ -10,6 +10,11 @@ what the released code's `load_state_dict(strict=True)` and
         encoder's weights, DDP's `module.` prefix on half of the names
     released_model.py features CKPT.pth --config TOML --text-encoder DIR --clips IN --out OUT
         fc6 and projected features of u8 clips [N, F, H, W, 3] (safetensors)
+    released_model.py check-export EXPORTED.pth --config TOML --text-encoder DIR --checkpoint CKPT
+        [--grads GRADS --out OUT]
+        loads an exported checkpoint as the released code does and checks it
+        against the locvtp-flow checkpoint it came from; with --grads, takes
+        one Adam step with those gradients and writes the parameters to OUT
 
 Every check failure raises; the last line printed is a JSON summary.
 """
@@ -19,8 +24,11 @@ import tomllib
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+NEVER_TRAINED = ("videoEncoder.embednet.fc7.", "videoEncoder.embednet.fc8.")
 
 
 class C3D(nn.Module):
@@ -161,17 +169,65 @@ def features(args):
     return {"clips": clips.shape[0]}
 
 
+def check_export(args):
+    exported = torch.load(args.path, map_location="cpu", weights_only=True)
+    model = build(args)
+    model.load_state_dict(exported["model"], strict=True)
+    # As the released train_net.py: Adam over every parameter of the model.
+    opt = torch.optim.Adam(model.parameters(), lr=0.001)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[20, 40])
+    opt.load_state_dict(exported["optimizer"])
+    sched.load_state_dict(exported["scheduler"])
+
+    ours = load_file(args.checkpoint)
+    with safe_open(args.checkpoint, "pt") as f:
+        meta = f.metadata()
+    steps = int(ours["optimizer.step"])
+    text = text_tensors(args.text_encoder)
+    with_state = 0
+    for name, p in model.named_parameters():
+        st = opt.state.get(p, {})
+        if name.startswith("textEncoder.model."):
+            assert torch.equal(p, text[name.removeprefix("textEncoder.model.")]), name
+            assert not st, f"{name}: the frozen text encoder has optimizer state"
+            continue
+        assert torch.equal(p, ours[name]), f"{name}: weights differ"
+        if name.startswith(NEVER_TRAINED):
+            assert not st, f"{name}: no loss reaches it, yet it has optimizer state"
+            continue
+        assert st, f"{name}: no optimizer state"
+        assert float(st["step"]) == steps, f"{name}: step {st['step']} against {steps}"
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(st[key], ours[f"optimizer.{name}.{key}"]), f"{name}: {key} differs"
+        with_state += 1
+    assert exported["epoch"] == int(meta["epoch"]) == sched.last_epoch
+    summary = {"lr": opt.param_groups[0]["lr"], "epoch": exported["epoch"], "with_state": with_state}
+
+    if args.grads:
+        # The released forward never reaches fc7/fc8: their gradient stays None.
+        grads = load_file(args.grads)
+        for name, p in model.named_parameters():
+            if f"grad.{name}" in grads and not name.startswith(NEVER_TRAINED):
+                p.grad = grads[f"grad.{name}"]
+        opt.step()
+        params = {n: p.detach() for n, p in model.named_parameters() if not n.startswith("textEncoder.")}
+        save_file(params, args.out)
+    return summary
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["make-checkpoint", "features"])
+    ap.add_argument("command", choices=["make-checkpoint", "features", "check-export"])
     ap.add_argument("path", help="the .pth to write, read or check")
     ap.add_argument("--config", required=True, help="locvtp-flow model config (TOML) giving the widths")
     ap.add_argument("--text-encoder", required=True, help="Hugging Face folder of the text encoder")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--clips")
+    ap.add_argument("--checkpoint")
+    ap.add_argument("--grads")
     ap.add_argument("--out")
     args = ap.parse_args()
-    run = {"make-checkpoint": make_checkpoint, "features": features}[args.command]
+    run = {"make-checkpoint": make_checkpoint, "features": features, "check-export": check_export}[args.command]
     print(json.dumps(run(args)))
 
 
