@@ -3,6 +3,7 @@
 //! an independent frame count from ffprobe.
 
 use locvtp_media::synth::{Background, Colour, Motion, Scene, Shape, SynthSpec};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -48,6 +49,29 @@ pub fn flow_command(cwd: &Path, args: &[&str]) -> Command {
     }
     command.env("LOCVTP_LOG", "warn").env("LOCVTP_CLUSTER_SECRET", TEST_SECRET);
     command
+}
+
+/// Runs the project's virtualenv Python (scripts/setup.sh installs it) with
+/// `args`, panicking with its messages if it fails; returns its stdout.
+pub fn python(args: &[&dyn AsRef<OsStr>]) -> String {
+    let out = Command::new(repo().join(".venv/bin/python"))
+        .args(args.iter().map(|a| a.as_ref()))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("the project's virtualenv python");
+    assert!(
+        out.status.success(),
+        "python {:?}: {}",
+        args.iter().map(|a| a.as_ref()).collect::<Vec<_>>(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The JSON summary a script prints as its last line.
+pub fn last_json(stdout: &str) -> serde_json::Value {
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("last line {line:?} is not JSON: {e}"))
 }
 
 /// Runs `locvtp-flow ARGS` in `cwd` and returns its output.

@@ -1,11 +1,16 @@
-//! Checkpoints in and out: the released-checkpoint converter and the
-//! `inspect` dump.
+//! Checkpoints in and out: the released-checkpoint converter, the export to
+//! the released PyTorch code, and the `inspect` dump.
 
 use locvtp_model::checkpoint::{load_weights, named_variables, read_safetensors, write_safetensors};
 use locvtp_model::loss::{locvtp_losses, splice_samples, Draws, LossInputs, LossWeights};
+use locvtp_model::text::{packaged_minilm_dir, TextBatch};
+use locvtp_model::train::{
+    forward_losses_t, gradients, load_training_checkpoint, parameter_names, save_training_checkpoint, zero_gradients,
+    Adam, MultiStepLr, TrainMeta, LR_SCHEDULE_KEY,
+};
 use locvtp_model::{LocVtp, ModelConfig};
-use locvtp_tests::{repo, run_flow};
-use rand::SeedableRng;
+use locvtp_tests::{last_json, python, repo, run_flow};
+use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
@@ -129,4 +134,112 @@ fn inspect_dumps_every_intermediate_and_the_same_losses() {
         let got = dumped[&format!("loss.{name}")].double_value(&[]);
         assert!((got - value).abs() <= 1e-6 * value.abs().max(1.0), "{name}: {got} vs {value}");
     }
+}
+
+/// A batch of random clips and caption features drawn from `seed` alone:
+/// libtorch's global generator stays untouched, since other tests of this
+/// binary seed it to initialise their models at the same time.
+fn random_batch(cfg: &ModelConfig, seed: u64) -> (Tensor, TextBatch, Draws) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (b, t, n, h) = (2i64, cfg.num_segments, 4i64, cfg.text_dim);
+    let pixels: Vec<u8> = (0..b * t * 16 * 112 * 112 * 3).map(|_| rng.random()).collect();
+    let clips = Tensor::from_slice(&pixels).reshape([b, t, 16, 112, 112, 3]);
+    let mut uniform = |shape: &[i64]| {
+        let v: Vec<f32> = (0..shape.iter().product::<i64>()).map(|_| rng.random_range(-1.0..1.0)).collect();
+        Tensor::from_slice(&v).reshape(shape)
+    };
+    let (sentence, words) = (uniform(&[b, h]), uniform(&[b, n, h]));
+    let lens = [4i64, 3];
+    let mask: Vec<bool> = lens.iter().flat_map(|&l| (0..n).map(move |j| j < l)).collect();
+    let word_mask = Tensor::from_slice(&mask).reshape([b, n]);
+    let text = TextBatch { sentence, words, word_mask, word_lens: lens.to_vec() };
+    (clips, text, Draws::sample(b, t, &lens, &mut rng))
+}
+
+#[test]
+fn an_exported_checkpoint_resumes_in_the_released_model_and_converts_back_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny();
+    let minilm = packaged_minilm_dir().expect("scripts/setup.sh installs all-MiniLM-L6-v2");
+    let model = LocVtp::new(&cfg, Device::Cpu, 21);
+    let mut adam = Adam::new(&model);
+    let schedule = MultiStepLr { lr: 0.002, milestones: vec![1], gamma: 0.1 };
+    // Dropout off: no draw from libtorch's global generator either.
+    let backward = |seed| {
+        let (clips, text, draws) = random_batch(&cfg, seed);
+        forward_losses_t(&model, &clips, &text, &draws, &LossWeights::default(), false).total.backward();
+    };
+    // Two steps make the first epoch; its checkpoint is exported.
+    for seed in [1, 2] {
+        backward(seed);
+        adam.step(&model, schedule.lr_at(0));
+        zero_gradients(&model);
+    }
+    let meta = TrainMeta {
+        epoch: 1,
+        step: 2,
+        seed: 21,
+        extra: BTreeMap::from([(LR_SCHEDULE_KEY.to_string(), serde_json::to_string(&schedule).unwrap())]),
+    };
+    let ckpt = dir.path().join("epoch-001.safetensors");
+    save_training_checkpoint(&ckpt, &model, &adam, &meta).unwrap();
+    let pth = dir.path().join("model_1e.pth");
+    python(&[&repo().join("scripts/export_pytorch.py"), &ckpt, &pth]);
+
+    // The first step of the second epoch, here and in PyTorch with the same
+    // gradients, from the exported state.
+    backward(3);
+    let grads: Vec<(String, Tensor)> =
+        parameter_names(&model).into_iter().zip(gradients(&model)).map(|(n, g)| (format!("grad.{n}"), g)).collect();
+    let grads_path = dir.path().join("grads.safetensors");
+    write_safetensors(&grads_path, &grads, &BTreeMap::new()).unwrap();
+    let before: BTreeMap<String, Tensor> = named_variables(&model.vs).into_iter().map(|(n, t)| (n, t.copy())).collect();
+    adam.step(&model, schedule.lr_at(1));
+    let stepped_path = dir.path().join("stepped.safetensors");
+    let summary = last_json(&python(&[
+        &repo().join("tests/python/released_model.py"),
+        &"check-export",
+        &pth,
+        &"--config",
+        &repo().join("configs/c3d-tiny.toml"),
+        &"--text-encoder",
+        &minilm,
+        &"--checkpoint",
+        &ckpt,
+        &"--grads",
+        &grads_path,
+        &"--out",
+        &stepped_path,
+    ]));
+    assert_eq!(summary["epoch"], 1);
+    let lr = summary["lr"].as_f64().unwrap();
+    assert!((lr - 0.0002).abs() < 1e-15, "the second epoch runs at a tenth of 0.002, not {lr}");
+    // Every tensor but fc7's and fc8's has optimiser state.
+    assert_eq!(summary["with_state"], model.vs.variables().len() - 4, "{summary}");
+    let (stepped, _) = read_safetensors(&stepped_path).unwrap();
+    let vars = model.vs.variables();
+    assert_eq!(stepped.len(), vars.len());
+    let mut moved = 0f64;
+    for (name, theirs) in &stepped {
+        let ours = &vars[name];
+        moved = moved.max((ours - &before[name]).abs().max().double_value(&[]));
+        let diff = (ours - theirs).abs().max().double_value(&[]);
+        assert!(diff <= 1e-6, "{name}: PyTorch's step differs by {diff}");
+    }
+    assert!(moved > 1e-5, "the step must move the weights for the comparison to mean anything");
+
+    // Back to safetensors: the same checkpoint, which resumes.
+    let back = dir.path().join("back.safetensors");
+    python(&[&repo().join("scripts/convert_released_checkpoint.py"), &pth, &back]);
+    let (original, original_meta) = read_safetensors(&ckpt).unwrap();
+    let (restored, restored_meta) = read_safetensors(&back).unwrap();
+    assert_eq!(restored_meta, original_meta);
+    let names = |ts: &[(String, Tensor)]| ts.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&restored), names(&original));
+    for ((name, a), (_, b)) in original.iter().zip(&restored) {
+        assert!(a.kind() == b.kind() && a.size() == b.size() && a.equal(b), "{name} differs after the round trip");
+    }
+    let mut resumed = LocVtp::new(&cfg, Device::Cpu, 5);
+    let (adam_back, meta_back) = load_training_checkpoint(&back, &mut resumed).unwrap();
+    assert_eq!((adam_back.steps(), meta_back), (2, meta));
 }

@@ -6,7 +6,7 @@ use crate::accumulate::PerTime;
 use crate::run::{RunShared, StopCause};
 use crate::samples::StepInfo;
 use crate::stats::RunStats;
-use locvtp_model::train::{TrainMeta, TrainingSnapshot};
+use locvtp_model::train::{TrainMeta, TrainingSnapshot, LR_SCHEDULE_KEY};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -110,7 +110,10 @@ pub(super) fn apply<'s>(
                                 epoch: i64::from(at.epoch) + i64::from(at.epoch_end),
                                 step: done as i64,
                                 seed: cfg.seed,
-                                extra: BTreeMap::new(),
+                                extra: BTreeMap::from([(
+                                    LR_SCHEDULE_KEY.to_string(),
+                                    serde_json::to_string(&cfg.schedule).expect("a schedule serialises"),
+                                )]),
                             };
                             match TrainingSnapshot::take(&sh.replica.model, &sh.replica.adam, &meta) {
                                 Ok(state) => sh.snapshots.push_back(Arc::new(Snapshot { at, reason, state })),

@@ -25,7 +25,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct SegmentSampler {
-    /// Segments per sample (T); the model's num_segments.
+    /// Segments per sample (T); the model's num_segments (5 in the released
+    /// model).
     pub num_segments: usize,
     /// Frames per segment (F); the model's frames_per_segment.
     pub frames_per_segment: usize,
@@ -51,7 +52,7 @@ pub struct SegmentSampler {
 impl Default for SegmentSampler {
     fn default() -> Self {
         SegmentSampler {
-            num_segments: 10,
+            num_segments: 5,
             frames_per_segment: 16,
             shards: 16,
             window: 16,

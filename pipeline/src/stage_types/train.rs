@@ -406,5 +406,8 @@ mod tests {
         assert_eq!(snapshots.len(), 1, "one epoch end");
         assert_eq!(snapshots[0].reason, SnapshotReason::EpochEnd);
         assert_eq!((snapshots[0].state.meta.epoch, snapshots[0].state.meta.step), (1, 2));
+        // The schedule travels with the state, for exports to PyTorch.
+        let schedule: serde_json::Value = serde_json::from_str(&snapshots[0].state.meta.extra["lr_schedule"]).unwrap();
+        assert_eq!(schedule, serde_json::json!({"lr": 0.001, "milestones": [20, 40], "gamma": 0.1}));
     }
 }

@@ -51,7 +51,8 @@ pub struct ModelConfig {
     /// Hidden size of the text encoder feeding the text projection (768 for
     /// DistilBERT-base, 384 for all-MiniLM-L6-v2).
     pub text_dim: i64,
-    /// T, segments per training sample (sizes the splice predictor).
+    /// T, segments per training sample (sizes the splice predictor); 5 in
+    /// the released model.
     pub num_segments: i64,
     /// F, frames per segment / extraction clip.
     pub frames_per_segment: i64,
@@ -66,7 +67,7 @@ impl Default for ModelConfig {
             projection_dim: 256,
             dropout: 0.1,
             text_dim: 768,
-            num_segments: 10,
+            num_segments: 5,
             frames_per_segment: 16,
             frame_size: 112,
         }

@@ -400,6 +400,11 @@ pub struct TrainMeta {
 }
 
 const FORMAT: &str = "locvtp-train";
+
+/// Metadata key of a training checkpoint holding its learning-rate schedule
+/// (the JSON of a [`MultiStepLr`]): scripts/export_pytorch.py writes the
+/// learning rate and scheduler state of the released code from it.
+pub const LR_SCHEDULE_KEY: &str = "lr_schedule";
 const RESERVED: [&str; 6] = ["format", "epoch", "step", "seed", "model_config", "adam"];
 
 /// Writes weights, optimiser state and `meta` to one safetensors file,
