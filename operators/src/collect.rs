@@ -27,9 +27,12 @@ pub type Collected = BTreeMap<String, CollectedVideo>;
 
 /// Collects complete videos on worker 0 and hands them to `on_complete`
 /// once the input is exhausted; returns the videos that arrived incomplete
-/// or failed upstream.
+/// or failed upstream. `counts`: as [`crate::writer::WriterConfig::counts`];
+/// a sink that does not count reports nothing, since every failure here
+/// happened upstream.
 pub fn collect_features<'s>(
     features: Stream<'s, u64, Vec<FeatureMsg>>,
+    counts: bool,
     run: Arc<RunShared>,
     on_complete: impl FnOnce(Collected) + 'static,
 ) -> Stream<'s, u64, Vec<ItemError>> {
@@ -50,8 +53,10 @@ pub fn collect_features<'s>(
                 for (id, video) in videos {
                     match complete(&id, video) {
                         Ok(r) => {
-                            RunStats::add(&run.stats.videos_done, 1);
-                            RunStats::add(&run.stats.clips_written, u64::from(r.num_clips));
+                            if counts {
+                                RunStats::add(&run.stats.videos_done, 1);
+                                RunStats::add(&run.stats.clips_written, u64::from(r.num_clips));
+                            }
                             let collected = CollectedVideo {
                                 clips: r.num_clips as usize,
                                 dim: r.dim as usize,
@@ -61,10 +66,11 @@ pub fn collect_features<'s>(
                             };
                             out.insert(id, collected);
                         }
-                        Err(e) => {
+                        Err(e) if counts => {
                             RunStats::add(&run.stats.videos_failed, 1);
                             errors.push(e);
                         }
+                        Err(_) => {}
                     }
                 }
                 output.session(&cap).give_iterator(errors.into_iter());

@@ -44,6 +44,20 @@ pub struct RunShared {
     /// What stages produced, by stage name: output paths and notes for the
     /// summary.
     outputs: Mutex<BTreeMap<String, serde_json::Value>>,
+    /// Input files that sources passed over, by reason.
+    skipped_files: Mutex<BTreeMap<String, SkippedFiles>>,
+}
+
+/// Input files passed over for one reason: how many, and the first few.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedFiles {
+    pub count: u64,
+    /// The first [`SkippedFiles::EXAMPLES`] paths, to look at.
+    pub examples: Vec<String>,
+}
+
+impl SkippedFiles {
+    pub const EXAMPLES: usize = 10;
 }
 
 impl RunShared {
@@ -106,6 +120,21 @@ impl RunShared {
         self.outputs.lock().unwrap_or_else(|e| e.into_inner()).insert(stage.to_string(), value.into());
     }
 
+    /// Records input files a source passed over for `reason` (a snake_case
+    /// name), for the summary.
+    pub fn record_skipped_files(&self, reason: &str, files: &[std::path::PathBuf]) {
+        let mut all = self.skipped_files.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = all.entry(reason.to_string()).or_default();
+        entry.count += files.len() as u64;
+        let room = SkippedFiles::EXAMPLES.saturating_sub(entry.examples.len());
+        entry.examples.extend(files.iter().take(room).map(|p| p.display().to_string()));
+    }
+
+    /// Everything recorded with [`RunShared::record_skipped_files`].
+    pub fn skipped_files(&self) -> BTreeMap<String, SkippedFiles> {
+        self.skipped_files.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Everything recorded with [`RunShared::record_output`].
     pub fn outputs(&self) -> BTreeMap<String, serde_json::Value> {
         self.outputs.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -120,6 +149,21 @@ impl RunShared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skipped_files_add_up_by_reason_keeping_the_first_examples() {
+        let run = RunShared::default();
+        let files: Vec<std::path::PathBuf> = (0..12).map(|i| format!("/v/f{i:02}.txt").into()).collect();
+        run.record_skipped_files("non_video_extension", &files[..7]);
+        run.record_skipped_files("non_video_extension", &files[7..]);
+        run.record_skipped_files("no_video_stream", &files[..1]);
+        let all = run.skipped_files();
+        let ext = &all["non_video_extension"];
+        assert_eq!(ext.count, 12);
+        assert_eq!(ext.examples.len(), SkippedFiles::EXAMPLES);
+        assert_eq!((ext.examples[0].as_str(), ext.examples[9].as_str()), ("/v/f00.txt", "/v/f09.txt"));
+        assert_eq!(all["no_video_stream"], SkippedFiles { count: 1, examples: vec!["/v/f00.txt".into()] });
+    }
 
     #[test]
     fn the_first_cause_and_failure_are_kept() {

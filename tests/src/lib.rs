@@ -112,6 +112,18 @@ pub fn ffmpeg(args: &[&str]) {
     assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Runs a Python script with the project's virtualenv (`scripts/setup.sh`
+/// installs numpy and h5py there), to read outputs the way users' Python
+/// code does; returns its standard output, panicking with its messages if
+/// it fails.
+pub fn python(script: &str, args: &[&Path]) -> String {
+    let py = repo().join(".venv/bin/python");
+    assert!(py.exists(), "{} is missing: run scripts/setup.sh", py.display());
+    let out = Command::new(&py).arg("-c").arg(script).args(args).output().expect("run the virtualenv's python");
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("python prints UTF-8")
+}
+
 /// One value ffprobe reports about a video's first video stream, e.g.
 /// `stream=pix_fmt` (empty when ffprobe reports nothing).
 pub fn ffprobe_value(path: &Path, entry: &str) -> String {

@@ -89,6 +89,17 @@ impl<'s> BuildContext<'_, 's> {
         self.errors.push(errors);
     }
 
+    /// For sinks: whether this one counts its input's items in the run's
+    /// counters and reports the failures that reach it from upstream. When
+    /// several sinks read one stream (an HDF5 file and `.npy` files of the
+    /// same features), the first of them in the graph's order does, so that
+    /// the summary and `errors.jsonl` name each video once.
+    pub fn counts_items(&self) -> bool {
+        let Some(input) = self.stage.inputs.first() else { return true };
+        let first_sink = self.graph.consumers(input).into_iter().find(|s| s.entry().is_sink());
+        first_sink.is_none_or(|s| s.name == self.stage.name)
+    }
+
     /// An error naming this stage.
     pub fn error(&self, message: impl Into<String>) -> BuildError {
         BuildError { stage: self.stage.name.clone(), message: message.into() }

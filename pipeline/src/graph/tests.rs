@@ -233,7 +233,7 @@ fn registry_names_are_unique_and_every_variant_is_registered() {
         assert_eq!(StageEntry::lookup(name).unwrap().name, *name);
     }
     let sinks: Vec<&str> = StageEntry::all().iter().filter(|t| t.is_sink()).map(|t| t.name).collect();
-    assert_eq!(sinks, ["hdf5_writer", "evaluate", "checkpoints", "metrics"]);
+    assert_eq!(sinks, ["hdf5_writer", "npy_writer", "evaluate", "checkpoints", "metrics"]);
 }
 
 #[test]
@@ -438,7 +438,7 @@ fn a_graph_needs_a_sink() {
     assert_eq!(problems[0].key, "stages");
     assert!(problems[0].message.contains(
         "no sink, so it would compute nothing; \
-                   add a stage of type hdf5_writer, evaluate, checkpoints, metrics"
+                   add a stage of type hdf5_writer, npy_writer, evaluate, checkpoints, metrics"
     ));
 }
 

@@ -137,6 +137,7 @@ pub fn run(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result<RunSumm
         counts,
         tally: &tally,
         outputs: run.outputs(),
+        skipped_files: run.skipped_files(),
         fatal,
         signal,
     }))

@@ -4,7 +4,7 @@
 use crate::error::RunError;
 use crate::graph::Graph;
 use locvtp_operators::errors::ErrorTally;
-use locvtp_operators::{Counts, FatalError};
+use locvtp_operators::{Counts, FatalError, SkippedFiles};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +35,10 @@ pub struct RunSummary {
     pub workers: usize,
     pub processes: usize,
     pub videos: VideoCounts,
+    /// Files of the input folders that are not videos of the run, by reason
+    /// (`non_video_extension`, `no_video_stream`, `not_media`,
+    /// `not_in_list`, ...): how many, and the first few paths.
+    pub skipped_files: BTreeMap<String, SkippedFiles>,
     pub clips: u64,
     pub frames_decoded: u64,
     /// Decoding passes over videos: one per video (and epoch), however many
@@ -85,6 +89,7 @@ pub struct RunRecord<'a> {
     pub counts: Counts,
     pub tally: &'a ErrorTally,
     pub outputs: BTreeMap<String, serde_json::Value>,
+    pub skipped_files: BTreeMap<String, SkippedFiles>,
     pub fatal: Option<FatalError>,
     pub signal: Option<i32>,
 }
@@ -117,6 +122,7 @@ impl RunSummary {
             workers: r.workers,
             processes: r.processes,
             videos: VideoCounts { total: c.videos_total, processed, skipped: c.videos_skipped, failed },
+            skipped_files: r.skipped_files,
             clips: if training.is_some() { c.clips_encoded } else { c.clips_written },
             frames_decoded: c.frames_decoded,
             decode_passes: c.decode_passes,
@@ -185,6 +191,10 @@ impl RunSummary {
                 "done: {} processed, {} skipped (already done), {} failed of {} videos; {} clips in {:.1}s ({:.2} clips/s, {:.2} videos/s)",
                 v.processed, v.skipped, v.failed, v.total, self.clips, self.wall_seconds, self.throughput.clips_per_s, self.throughput.videos_per_s
             );
+        }
+        if !self.skipped_files.is_empty() {
+            let counts: Vec<String> = self.skipped_files.iter().map(|(why, f)| format!("{} {why}", f.count)).collect();
+            eprintln!("files of the input folders not used as videos: {}", counts.join(", "));
         }
         for (name, output) in &self.outputs {
             eprintln!("output {name}: {output}");

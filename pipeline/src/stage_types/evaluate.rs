@@ -138,7 +138,7 @@ impl StageType for Evaluate {
     ) -> Result<Built<'s>, BuildError> {
         let features = inputs.take::<FeatureMsg>(0)?;
         let (run, options, stage) = (ctx.run.clone(), self.clone(), ctx.stage.name.clone());
-        let errors = collect_features(features, ctx.run.clone(), move |videos| {
+        let errors = collect_features(features, ctx.counts_items(), ctx.run.clone(), move |videos| {
             // Metrics over the videos done before a stop would describe a
             // subset nobody asked for.
             if run.cut_short() || run.failed() {

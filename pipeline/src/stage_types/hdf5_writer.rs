@@ -1,15 +1,17 @@
-//! `hdf5_writer`: every video's features in one HDF5 file, one group per
-//! video id with dataset `c3d_features` `[num_clips, dim]` (2D-TAN's
-//! layout). Finished videos go to a crash-safe spool first; the file is
-//! assembled under a temporary name and renamed when the run completes, and
-//! a run started again skips every video already in the spool.
+//! `hdf5_writer`: every video's features in one HDF5 file, either one group
+//! per video id holding dataset `c3d_features` `[num_clips, dim]`
+//! (`f[vid]["c3d_features"]`) or one dataset per video id at the root
+//! (`f[vid][:]`), the two layouts 2D-TAN's loaders read. Finished videos go
+//! to a crash-safe spool first; the file is assembled under a temporary
+//! name and renamed when the run completes, and a run started again skips
+//! every video already in the spool.
 
 use crate::engine::{BuildContext, BuildError, Built, Checks, DataKind, Inputs, Port, PrepareContext, StageType};
 use crate::graph::PathResolver;
 use crate::stage_types::c3d_encode::{C3dEncode, Encoder};
-use locvtp_operators::writer::{write_features, WriterConfig};
+use locvtp_operators::writer::{write_features, FeatureStore, Hdf5Store, WriterConfig};
 use locvtp_operators::FeatureMsg;
-use locvtp_store::{spool_path, RunAttrs, Spool};
+use locvtp_store::{spool_path, Layout, RunAttrs, Spool};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -22,13 +24,41 @@ use std::sync::{Arc, Mutex};
 pub struct Hdf5Writer {
     /// Output file, relative to `run.output_dir`.
     pub path: PathBuf,
-    /// Name of the dataset inside each video's group.
+    /// Where each video's features go: `group`, a group per video holding
+    /// the dataset `dataset` (`f[vid]["c3d_features"]`, as 2D-TAN's
+    /// ActivityNet loader reads them), or `flat`, a dataset per video at the
+    /// root (`f[vid][:]`, as its TACoS loader reads them).
+    pub layout: H5Layout,
+    /// Name of the dataset inside each video's group (`group` layout only).
     pub dataset: String,
 }
 
+/// The `layout` option of `hdf5_writer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum H5Layout {
+    /// `f[vid][dataset]`.
+    #[default]
+    Group,
+    /// `f[vid]`.
+    Flat,
+}
+
+const DEFAULT_DATASET: &str = "c3d_features";
+
 impl Default for Hdf5Writer {
     fn default() -> Self {
-        Hdf5Writer { path: PathBuf::from("features.h5"), dataset: "c3d_features".to_string() }
+        Hdf5Writer { path: PathBuf::from("features.h5"), layout: H5Layout::Group, dataset: DEFAULT_DATASET.to_string() }
+    }
+}
+
+impl Hdf5Writer {
+    /// Where each video's features sit in the file.
+    pub fn layout(&self) -> Layout {
+        match self.layout {
+            H5Layout::Group => Layout::Group { dataset: self.dataset.clone() },
+            H5Layout::Flat => Layout::Flat,
+        }
     }
 }
 
@@ -59,7 +89,8 @@ fn run_attrs(ctx: &PrepareContext<'_>) -> anyhow::Result<RunAttrs> {
 
 impl StageType for Hdf5Writer {
     const TYPE: &'static str = "hdf5_writer";
-    const ABOUT: &'static str = "Writes every video's features to one HDF5 file (one group per video), resumably.";
+    const ABOUT: &'static str =
+        "Writes every video's features to one HDF5 file (a group or a dataset per video), resumably.";
     const INPUTS: &'static [Port] = &[Port { name: "features", kind: DataKind::Features }];
     const OUTPUT: Option<DataKind> = None;
     type Prepared = Writer;
@@ -74,6 +105,12 @@ impl StageType for Hdf5Writer {
         }
         if self.dataset.is_empty() {
             checks.error("dataset", "must not be empty");
+        }
+        if self.layout == H5Layout::Flat && self.dataset != DEFAULT_DATASET {
+            checks.error(
+                "dataset",
+                "names the dataset inside each video's group; the flat layout has none (f[vid] is the dataset)",
+            );
         }
     }
 
@@ -122,13 +159,12 @@ impl StageType for Hdf5Writer {
     ) -> Result<Built<'s>, BuildError> {
         let features = inputs.take::<FeatureMsg>(0)?;
         let spool = if ctx.index() == 0 { writer.spool.lock().unwrap_or_else(|e| e.into_inner()).take() } else { None };
-        let cfg = WriterConfig {
-            stage: ctx.stage.name.clone(),
-            path: self.path.clone(),
-            dataset: self.dataset.clone(),
-            run: writer.attrs.clone(),
-        };
-        let errors = write_features(features, cfg, spool, ctx.run.clone());
+        let store = spool.map(|spool| {
+            Box::new(Hdf5Store { path: self.path.clone(), layout: self.layout(), attrs: writer.attrs.clone(), spool })
+                as Box<dyn FeatureStore>
+        });
+        let cfg = WriterConfig { stage: ctx.stage.name.clone(), counts: ctx.counts_items() };
+        let errors = write_features(features, cfg, store, ctx.run.clone());
         ctx.report_errors(errors);
         Ok(None)
     }
@@ -161,5 +197,29 @@ mod tests {
         assert_eq!(all["a"].1, [2, 3]);
         assert_eq!(all["a"].0, [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
         assert!(!t.path("out/.features.h5.spool").exists(), "the spool goes once the file is complete");
+    }
+
+    #[test]
+    fn the_flat_layout_writes_f_vid_and_refuses_a_dataset_name() {
+        let t = TestGraph::new();
+        let graph = t.graph("[stages.write]\ntype = \"hdf5_writer\"\ninputs = [\"encode\"]\nlayout = \"flat\"\n");
+        let out = run_stage::<FeatureMsg>(&graph, "write", |scope| {
+            let f = |i: u64| FeatureMsg::Feature { video: Arc::from("v"), index: i, values: vec![i as f32, 2.0] };
+            let msgs =
+                vec![f(0), f(1), f(2), FeatureMsg::End { video: Arc::from("v"), clips: 3, frames: 40, fps: 8.0 }];
+            vec![FeatureMsg::wrap(msgs.to_stream(scope))]
+        });
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        let h5 = t.path("out/features.h5");
+        let flat = locvtp_store::read_features(&h5, "v", locvtp_store::Layout::Flat).expect("f[vid] is the dataset");
+        assert_eq!(flat, (vec![0.0, 2.0, 1.0, 2.0, 2.0, 2.0], [3, 2]));
+        assert!(locvtp_store::read_features(&h5, "v", "c3d_features").is_err(), "no group layout as well");
+
+        let text = format!(
+            "[run]\noutput_dir = \"{}\"\n\n[stages.write]\ntype = \"hdf5_writer\"\ninputs = [\"encode\"]\nlayout = \"flat\"\ndataset = \"feats\"\n",
+            t.path("out").display()
+        );
+        let err = crate::graph::parse_stages(&text, &t.path("graph.toml"), t.dir.path()).unwrap_err().to_string();
+        assert!(err.contains("stages.write.dataset") && err.contains("flat layout"), "{err}");
     }
 }

@@ -24,6 +24,7 @@ stage_types! {
     segment_sampler::SegmentSampler,
     train::Train,
     hdf5_writer::Hdf5Writer,
+    npy_writer::NpyWriter,
     evaluate::Evaluate,
     checkpoints::Checkpoints,
     metrics::Metrics,

@@ -1,11 +1,21 @@
 //! `video_files`: the videos of a folder, each emitted by the worker that
 //! owns it (by a stable hash of its id), one timestamp per video, at most
 //! `run.max_in_flight` ahead of the ends of its flow.
+//!
+//! A video is any file FFmpeg opens and finds a video stream in. Files with
+//! one of `extensions` are listed without opening them (their problems,
+//! such as an `.mp4` without a video stream, are per-item decode errors);
+//! files with an extension of a known non-video kind (subtitles, text,
+//! images, audio, partial downloads, ...) are passed over; any other file,
+//! including one without an extension, is opened with FFmpeg during the
+//! listing and listed when it holds a video stream. Every file passed over
+//! is counted in `summary.json` under `skipped_files`, by reason.
 
 use crate::engine::{
     BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType,
 };
 use crate::graph::PathResolver;
+use locvtp_media::decode::NotAVideo;
 use locvtp_operators::source::paced_source;
 use locvtp_operators::{worker_of, ErrorStage, ItemError, Reason, RunStats, VideoItem};
 use schemars::JsonSchema;
@@ -20,15 +30,79 @@ use timely::dataflow::operators::ToStream;
 pub const DEFAULT_EXTENSIONS: [&str; 16] =
     ["mp4", "webm", "mkv", "mov", "avi", "m4v", "mpg", "mpeg", "ts", "flv", "wmv", "3gp", "ogv", "gif", "mts", "m2ts"];
 
+/// Extensions of files that sit beside videos in datasets and are not
+/// videos. Listing one in `extensions` lists such files anyway.
+#[rustfmt::skip] // one line per kind of file
+pub const NON_VIDEO_EXTENSIONS: &[&str] = &[
+    // subtitles, annotations, text and data
+    "vtt", "srt", "ass", "ssa", "sub", "sbv", "ttml", "dfxp", "lrc", "txt", "md", "rst", "log", "nfo", "json",
+    "jsonl", "csv", "tsv", "xml", "html", "htm", "yaml", "yml", "toml", "ini", "cfg", "pdf", "doc", "docx",
+    // features, models, code
+    "h5", "hdf5", "npy", "npz", "pkl", "pickle", "pt", "pth", "ckpt", "safetensors", "bin", "lmdb", "mdb", "py",
+    "sh", "rs",
+    // still images (FFmpeg opens them as a video of one frame)
+    "jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "heic", "heif", "svg", "ico", "psd", "raw", "dng", "ppm",
+    "pgm", "exr",
+    // audio
+    "mp3", "wav", "flac", "aac", "m4a", "ogg", "oga", "opus", "wma", "aiff", "aif", "mka", "ac3", "amr", "mid",
+    // archives and checksums
+    "zip", "tar", "gz", "tgz", "bz2", "xz", "zst", "7z", "rar", "md5", "sha1", "sha256",
+    // partial downloads (yt-dlp, browsers) and temporary files
+    "part", "ytdl", "crdownload", "download", "partial", "tmp", "temp", "lock", "aria2",
+];
+
+/// Why a file of the folder is not one of the run's videos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// The name starts with a dot.
+    HiddenFile,
+    /// A folder, or anything else that is not a regular file.
+    NotAFile,
+    /// An extension of [`NON_VIDEO_EXTENSIONS`] not in `extensions`.
+    NonVideoExtension,
+    /// An extension not in `extensions`, with `probe_unknown` off.
+    UnknownExtension,
+    /// Probed: FFmpeg cannot open it as media.
+    NotMedia,
+    /// Probed: media without a video stream (audio, a cover picture).
+    NoVideoStream,
+    /// Its id is not in `list`.
+    NotInList,
+    /// Past `limit`.
+    OverLimit,
+}
+
+impl SkipReason {
+    /// The reason's name in `summary.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SkipReason::HiddenFile => "hidden_file",
+            SkipReason::NotAFile => "not_a_file",
+            SkipReason::NonVideoExtension => "non_video_extension",
+            SkipReason::UnknownExtension => "unknown_extension",
+            SkipReason::NotMedia => "not_media",
+            SkipReason::NoVideoStream => "no_video_stream",
+            SkipReason::NotInList => "not_in_list",
+            SkipReason::OverLimit => "over_limit",
+        }
+    }
+}
+
 /// Options of `video_files`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct VideoFiles {
     /// Folder searched for videos (not recursively).
     pub dir: PathBuf,
-    /// File extensions that count as videos, without the dot
-    /// (case-insensitive).
+    /// File extensions listed as videos without opening them, without the
+    /// dot (case-insensitive).
     #[serde(default = "default_extensions")]
     pub extensions: Vec<String>,
+    /// Open every other file with FFmpeg (except hidden files and
+    /// extensions of known non-video kinds such as subtitles, images and
+    /// audio) and list it when it holds a video stream.
+    #[serde(default = "default_true")]
+    pub probe_unknown: bool,
     /// A file of video ids, one a line, to restrict the listing to.
     #[serde(default)]
     pub list: Option<PathBuf>,
@@ -41,10 +115,14 @@ fn default_extensions() -> Vec<String> {
     DEFAULT_EXTENSIONS.map(String::from).to_vec()
 }
 
+fn default_true() -> bool {
+    true
+}
+
 impl VideoFiles {
     /// Every video of `dir`, with the default extensions.
     pub fn in_folder(dir: PathBuf) -> VideoFiles {
-        VideoFiles { dir, extensions: default_extensions(), list: None, limit: None }
+        VideoFiles { dir, extensions: default_extensions(), probe_unknown: true, list: None, limit: None }
     }
 }
 
@@ -57,14 +135,28 @@ pub struct Listing {
     pub ids: HashSet<Arc<str>>,
     /// Files that cannot be items, e.g. a second file with the same id.
     pub rejected: Vec<ItemError>,
+    /// Files of the folder that are not videos of the run, by reason.
+    pub skipped: BTreeMap<SkipReason, Vec<PathBuf>>,
     /// Videos that every sink downstream already holds from an earlier run
     /// of the same command, in the whole listing.
     pub finished: usize,
 }
 
-/// Lists `opts.dir`: files with the extensions, restricted to `list`, one
-/// per id (the first by name; the others rejected), sorted by id.
-pub fn list_videos(opts: &VideoFiles) -> anyhow::Result<(Vec<VideoItem>, Vec<ItemError>)> {
+/// What the listing of a folder found.
+#[derive(Debug, Default)]
+pub struct FolderListing {
+    /// One video per id, sorted by id.
+    pub videos: Vec<VideoItem>,
+    /// Second and later files of one id.
+    pub rejected: Vec<ItemError>,
+    /// Every other file, by reason, in name order.
+    pub skipped: BTreeMap<SkipReason, Vec<PathBuf>>,
+}
+
+/// Lists `opts.dir`: the videos among its files (see the module's
+/// documentation), restricted to `list`, one per id (the first by name; the
+/// others rejected), sorted by id.
+pub fn list_videos(opts: &VideoFiles) -> anyhow::Result<FolderListing> {
     use anyhow::Context;
     let wanted: Option<HashSet<String>> = match &opts.list {
         None => None,
@@ -80,38 +172,60 @@ pub fn list_videos(opts: &VideoFiles) -> anyhow::Result<(Vec<VideoItem>, Vec<Ite
         }
     };
     let exts: HashSet<String> = opts.extensions.iter().map(|e| e.to_ascii_lowercase()).collect();
-    let mut by_id: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    let mut paths = Vec::new();
     let entries =
         std::fs::read_dir(&opts.dir).with_context(|| format!("{}: cannot read video folder", opts.dir.display()))?;
     for entry in entries {
-        let path = entry?.path();
-        let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
-        if !path.is_file() || !exts.contains(&ext) {
-            continue;
-        }
-        let Some(id) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else { continue };
-        if id.starts_with('.') || wanted.as_ref().is_some_and(|w| !w.contains(&id)) {
-            continue;
-        }
-        by_id.entry(id).or_default().push(path);
+        let entry = entry.with_context(|| format!("{}: cannot read video folder", opts.dir.display()))?;
+        paths.push(entry.path());
     }
-    let mut videos = Vec::new();
-    let mut rejected = Vec::new();
+    paths.sort();
+    let mut listing = FolderListing::default();
+    let mut by_id: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for path in paths {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
+        let id = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let listed = ext.as_ref().is_some_and(|e| exts.contains(e));
+        let skip = if name.starts_with('.') {
+            Some(SkipReason::HiddenFile)
+        } else if !path.is_file() {
+            Some(SkipReason::NotAFile)
+        } else if !listed && ext.as_ref().is_some_and(|e| NON_VIDEO_EXTENSIONS.contains(&e.as_str())) {
+            Some(SkipReason::NonVideoExtension)
+        } else if !listed && !opts.probe_unknown {
+            Some(SkipReason::UnknownExtension)
+        } else if wanted.as_ref().is_some_and(|w| !w.contains(&id)) {
+            Some(SkipReason::NotInList)
+        } else if listed {
+            None
+        } else {
+            match locvtp_media::decode::check_video(&path) {
+                Ok(()) => None,
+                Err(NotAVideo::NotMedia(_)) => Some(SkipReason::NotMedia),
+                Err(NotAVideo::NoVideoStream(_)) => Some(SkipReason::NoVideoStream),
+            }
+        };
+        match skip {
+            Some(reason) => listing.skipped.entry(reason).or_default().push(path),
+            None => by_id.entry(id).or_default().push(path),
+        }
+    }
     for (id, mut paths) in by_id {
-        paths.sort();
         for extra in &paths[1..] {
-            rejected.push(ItemError::new(
+            listing.rejected.push(ItemError::new(
                 &id,
                 ErrorStage::List,
                 Reason::DuplicateId { used: paths[0].clone(), ignored: extra.clone() },
             ));
         }
-        videos.push(VideoItem { id: Arc::from(id.as_str()), path: paths.swap_remove(0) });
+        listing.videos.push(VideoItem { id: Arc::from(id.as_str()), path: paths.swap_remove(0) });
     }
-    if let Some(limit) = opts.limit {
-        videos.truncate(limit);
+    if let Some(limit) = opts.limit.filter(|l| *l < listing.videos.len()) {
+        let over = listing.videos.split_off(limit).into_iter().map(|v| v.path);
+        listing.skipped.entry(SkipReason::OverLimit).or_default().extend(over);
     }
-    Ok((videos, rejected))
+    Ok(listing)
 }
 
 /// Ids that every sink downstream of the source already holds, or none when
@@ -180,13 +294,18 @@ impl StageType for VideoFiles {
         if !ctx.running() {
             return Some(Listing::default());
         }
-        let (videos, rejected) = match list_videos(self) {
+        let FolderListing { videos, rejected, skipped } = match list_videos(self) {
             Ok(l) => l,
             Err(e) => {
                 checks.fail("dir", &e);
                 return None;
             }
         };
+        if !skipped.is_empty() && ctx.shape.process == 0 {
+            let counts: Vec<String> =
+                skipped.iter().map(|(r, files)| format!("{} {}", files.len(), r.name())).collect();
+            tracing::info!("{}: files that are not videos of this run: {}", self.dir.display(), counts.join(", "));
+        }
         let finished = match finished_downstream(ctx) {
             Ok(f) => f,
             Err(e) => {
@@ -197,16 +316,16 @@ impl StageType for VideoFiles {
         let workers = ctx.shape.workers();
         let mine = ctx.shape.local_workers();
         let ids = videos.iter().map(|v| v.id.clone()).collect();
-        let total = videos.len();
+        // Only listed videos count: a sink's folder may hold others.
+        let done = videos.iter().filter(|v| finished.contains(&*v.id)).count();
         let videos: Vec<VideoItem> = videos
             .into_iter()
             .filter(|v| !finished.contains(&*v.id) && mine.contains(&worker_of(&v.id, workers)))
             .collect();
-        let skipped = finished.len().min(total);
-        if skipped > 0 && ctx.shape.process == 0 {
-            tracing::info!("resuming: {skipped} videos finished by an earlier run are kept");
+        if done > 0 && ctx.shape.process == 0 {
+            tracing::info!("resuming: {done} videos finished by an earlier run are kept");
         }
-        Some(Listing { videos, ids, rejected, finished: skipped })
+        Some(Listing { videos, ids, rejected, skipped, finished: done })
     }
 
     fn build<'s>(
@@ -222,6 +341,9 @@ impl StageType for VideoFiles {
         let rejected = if index == 0 {
             RunStats::add(&ctx.run.stats.videos_skipped, listing.finished as u64);
             RunStats::add(&ctx.run.stats.videos_total, (listing.finished + listing.rejected.len()) as u64);
+            for (reason, files) in &listing.skipped {
+                ctx.run.record_skipped_files(reason.name(), files);
+            }
             listing.rejected.clone()
         } else {
             Vec::new()
@@ -240,8 +362,71 @@ pub fn side_file(dir: &Path, id: &str, extensions: &[&str]) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use super::{list_videos, SkipReason, VideoFiles};
     use crate::stage_types::testing::{run_stage, TestGraph};
     use locvtp_operators::VideoItem;
+    use std::path::Path;
+
+    fn synth_video(path: &Path) {
+        use locvtp_media::synth::{Background, Colour, Motion, Scene, Shape, SynthSpec};
+        let scene = Scene {
+            start_s: 0.0,
+            end_s: 0.2,
+            shape: Shape::Square,
+            colour: Colour::Blue,
+            motion: Motion::Up,
+            background: Background::Navy,
+        };
+        locvtp_media::synth::write_video(&SynthSpec::new(32, 32, (25, 1), 0.2, vec![scene]), path).unwrap();
+    }
+
+    fn names(paths: &[std::path::PathBuf]) -> Vec<String> {
+        paths.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn other_files_are_probed_and_every_file_passed_over_has_a_reason() {
+        let t = TestGraph::new();
+        let dir = t.path("videos");
+        std::fs::create_dir_all(dir.join("sub.mp4")).unwrap();
+        // Listed by extension without being opened.
+        std::fs::write(dir.join("a.mp4"), b"not opened at listing").unwrap();
+        // Found by content.
+        synth_video(&dir.join("b.video"));
+        synth_video(&dir.join("c"));
+        // Not videos.
+        std::fs::write(dir.join("d.bad"), (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<_>>()).unwrap();
+        std::fs::write(dir.join("a.en.vtt"), b"WEBVTT\n").unwrap();
+        synth_video(&dir.join("still.png"));
+        std::fs::write(dir.join(".a.mp4.partial"), b"").unwrap();
+        std::fs::write(dir.join("e.mp4.part"), b"").unwrap();
+
+        let opts = VideoFiles::in_folder(dir.clone());
+        let listing = list_videos(&opts).unwrap();
+        let ids: Vec<&str> = listing.videos.iter().map(|v| &*v.id).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        let skipped: Vec<(SkipReason, Vec<String>)> = listing.skipped.iter().map(|(r, p)| (*r, names(p))).collect();
+        let expected = [
+            (SkipReason::HiddenFile, vec![".a.mp4.partial"]),
+            (SkipReason::NotAFile, vec!["sub.mp4"]),
+            (SkipReason::NonVideoExtension, vec!["a.en.vtt", "e.mp4.part", "still.png"]),
+            (SkipReason::NotMedia, vec!["d.bad"]),
+        ];
+        let expected: Vec<(SkipReason, Vec<String>)> =
+            expected.into_iter().map(|(r, n)| (r, n.into_iter().map(String::from).collect())).collect();
+        assert_eq!(skipped, expected);
+
+        let off = list_videos(&VideoFiles { probe_unknown: false, ..opts.clone() }).unwrap();
+        assert_eq!(off.videos.iter().map(|v| &*v.id).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(names(&off.skipped[&SkipReason::UnknownExtension]), ["b.video", "c", "d.bad"]);
+
+        let list = t.path("list.txt");
+        std::fs::write(&list, "c\nb\n").unwrap();
+        let some = list_videos(&VideoFiles { list: Some(list), limit: Some(1), ..opts }).unwrap();
+        assert_eq!(some.videos.iter().map(|v| &*v.id).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(names(&some.skipped[&SkipReason::NotInList]), ["a.mp4", "d.bad"], "d.bad is not even opened");
+        assert_eq!(names(&some.skipped[&SkipReason::OverLimit]), ["c"]);
+    }
 
     #[test]
     fn lists_the_folder_by_id_and_rejects_a_second_file_of_one_id() {

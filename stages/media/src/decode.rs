@@ -212,6 +212,26 @@ pub fn probe(path: &Path) -> Result<VideoInfo> {
     Ok(info_of(&ictx, path)?.1)
 }
 
+/// Why FFmpeg rules a file out as a video.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotAVideo {
+    /// FFmpeg cannot open the file as media (the message names the file).
+    #[error("{0}")]
+    NotMedia(String),
+    /// A media file without a video stream: audio only, or only a cover
+    /// picture.
+    #[error("{0}")]
+    NoVideoStream(String),
+}
+
+/// Whether FFmpeg opens `path` and finds a video stream in it, without
+/// decoding a frame: what makes a file a candidate video. Whether that
+/// stream then decodes is the decoder's business (and its per-item error).
+pub fn check_video(path: &Path) -> std::result::Result<(), NotAVideo> {
+    let ictx = open(path).map_err(|e| NotAVideo::NotMedia(format!("{e:#}")))?;
+    video_stream(&ictx, path).map(|_| ()).map_err(|e| NotAVideo::NoVideoStream(format!("{e:#}")))
+}
+
 /// Filter chain: centre crop of the largest square, rotation to the display
 /// orientation, bilinear resize to `size` x `size`, packed RGB.
 ///
@@ -486,5 +506,31 @@ mod tests {
         let err =
             decode_video(&junk, &DecodeOptions::default(), |_| ControlFlow::Continue(())).unwrap_err().to_string();
         assert!(err.contains("junk.mp4"), "{err}");
+    }
+
+    #[test]
+    fn check_video_tells_a_video_from_what_ffmpeg_cannot_open() {
+        use crate::synth::{Background, Colour, Motion, Scene, Shape, SynthSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let video = dir.path().join("v.unknown");
+        let scene = Scene {
+            start_s: 0.0,
+            end_s: 0.2,
+            shape: Shape::Circle,
+            colour: Colour::Red,
+            motion: Motion::Right,
+            background: Background::Navy,
+        };
+        crate::synth::write_video(&SynthSpec::new(32, 32, (25, 1), 0.2, vec![scene]), &video).unwrap();
+        assert_eq!(check_video(&video), Ok(()), "found by content, whatever the extension");
+        let junk = dir.path().join("junk.dat");
+        std::fs::write(&junk, (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<_>>()).unwrap();
+        match check_video(&junk) {
+            Err(NotAVideo::NotMedia(m)) => assert!(m.contains("junk.dat"), "{m}"),
+            other => panic!("junk: {other:?}"),
+        }
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(matches!(check_video(&empty), Err(NotAVideo::NotMedia(_))));
     }
 }

@@ -1,33 +1,19 @@
 //! Bytes to text for the line-oriented formats.
 //!
 //! Subtitles on users' disks come from many tools: UTF-8 with or without a
-//! BOM, UTF-16 from Windows editors, and legacy 8-bit files. Rejecting the
-//! last kind would lose whole videos over one accented letter, so invalid
-//! UTF-8 is read as Windows-1252 and reported as a warning.
+//! BOM, UTF-16 from Windows editors, and legacy 8-bit files in the code page
+//! of their language (Windows-1251 for Russian, ISO-8859-2 for Czech or
+//! Polish, Shift_JIS, ...). Rejecting the last kind would lose whole videos,
+//! and reading them all as one code page would garble every letter outside
+//! it, so a file that is not UTF-8 is decoded with the encoding `chardetng`
+//! (Firefox's detector) finds most likely for its bytes, and the encoding
+//! used is reported as a warning naming it.
 
 use std::path::Path;
 
+use encoding_rs::Encoding;
+
 use crate::error::{NarrationError, Warning};
-
-/// Windows-1252 bytes 0x80..=0x9F. The five bytes the code page leaves
-/// undefined map to the C1 control of the same value, as WHATWG specifies,
-/// so that decoding never fails.
-const CP1252_HIGH: [char; 32] = [
-    '\u{20AC}', '\u{0081}', '\u{201A}', '\u{0192}', '\u{201E}', '\u{2026}', '\u{2020}', '\u{2021}', '\u{02C6}',
-    '\u{2030}', '\u{0160}', '\u{2039}', '\u{0152}', '\u{008D}', '\u{017D}', '\u{008F}', '\u{0090}', '\u{2018}',
-    '\u{2019}', '\u{201C}', '\u{201D}', '\u{2022}', '\u{2013}', '\u{2014}', '\u{02DC}', '\u{2122}', '\u{0161}',
-    '\u{203A}', '\u{0153}', '\u{009D}', '\u{017E}', '\u{0178}',
-];
-
-pub(crate) fn windows_1252(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|&b| match b {
-            0x80..=0x9F => CP1252_HIGH[usize::from(b - 0x80)],
-            _ => char::from(b),
-        })
-        .collect()
-}
 
 fn utf16(bytes: &[u8], little_endian: bool) -> String {
     let units: Vec<u16> = bytes
@@ -54,10 +40,57 @@ pub(crate) fn decode_text(bytes: &[u8], file: &Path) -> (String, Option<Warning>
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     match std::str::from_utf8(bytes) {
         Ok(text) => (text.to_owned(), None),
-        Err(e) => (
-            windows_1252(bytes),
-            Some(Warning::DecodedAsWindows1252 { file: file.to_path_buf(), first_invalid_byte: e.valid_up_to() }),
-        ),
+        Err(e) => {
+            let encoding = detect_legacy_encoding(bytes);
+            // Single-byte encodings map every byte; multi-byte ones replace
+            // a malformed sequence with U+FFFD rather than fail.
+            let (text, _) = encoding.decode_without_bom_handling(bytes);
+            let warning = Warning::DecodedAs {
+                file: file.to_path_buf(),
+                encoding: encoding.name().to_string(),
+                first_invalid_byte: e.valid_up_to(),
+            };
+            (text.into_owned(), Some(warning))
+        }
+    }
+}
+
+/// Bytes outside ASCII below which a guess of one Latin code page over
+/// another is not trusted (see [`detect_legacy_encoding`]).
+const MIN_LATIN_EVIDENCE: usize = 4;
+
+/// The most likely legacy encoding of bytes known not to be UTF-8.
+///
+/// Subtitle lines are short, and a file with one accented word gives the
+/// detector a single letter to go on: `na\xEFve` is "naïve" in Windows-1252
+/// and "naļve" in Windows-1257. So when the detector picks another Latin
+/// code page from fewer than [`MIN_LATIN_EVIDENCE`] bytes outside ASCII,
+/// Windows-1252 is used, as the most common encoding of Windows subtitle
+/// tools (and a superset of Latin-1). Other scripts (Cyrillic, Greek, CJK)
+/// are told apart from Latin text by a few bytes, and their guess stands.
+fn detect_legacy_encoding(bytes: &[u8]) -> &'static Encoding {
+    let mut detector = chardetng::EncodingDetector::new(chardetng::Iso2022JpDetection::Deny);
+    detector.feed(bytes, true);
+    let guess = detector.guess(None, chardetng::Utf8Detection::Deny);
+    let other_latin = [
+        encoding_rs::WINDOWS_1250,
+        encoding_rs::WINDOWS_1254,
+        encoding_rs::WINDOWS_1257,
+        encoding_rs::WINDOWS_1258,
+        encoding_rs::ISO_8859_2,
+        encoding_rs::ISO_8859_3,
+        encoding_rs::ISO_8859_4,
+        encoding_rs::ISO_8859_10,
+        encoding_rs::ISO_8859_13,
+        encoding_rs::ISO_8859_14,
+        encoding_rs::ISO_8859_15,
+        encoding_rs::ISO_8859_16,
+    ];
+    let evidence = bytes.iter().filter(|b| !b.is_ascii()).count();
+    if other_latin.contains(&guess) && evidence < MIN_LATIN_EVIDENCE {
+        encoding_rs::WINDOWS_1252
+    } else {
+        guess
     }
 }
 
@@ -104,8 +137,49 @@ mod tests {
         let (text, warning) = decode_text(bytes, Path::new("a.srt"));
         assert_eq!(text, "café – “ok”");
         match warning {
-            Some(Warning::DecodedAsWindows1252 { first_invalid_byte, .. }) => assert_eq!(first_invalid_byte, 3),
+            Some(Warning::DecodedAs { encoding, first_invalid_byte, .. }) => {
+                assert_eq!((encoding.as_str(), first_invalid_byte), ("windows-1252", 3))
+            }
             other => panic!("expected a Windows-1252 warning, got {other:?}"),
+        }
+    }
+
+    /// `text` in `encoding`, decoded back by [`decode_text`]: the text and
+    /// the encoding the warning names.
+    fn round_trip(text: &str, encoding: &'static Encoding) -> (String, String) {
+        let (bytes, _, unmappable) = encoding.encode(text);
+        assert!(!unmappable, "the sample is representable in {}", encoding.name());
+        assert!(std::str::from_utf8(&bytes).is_err(), "the sample must not be valid UTF-8");
+        match decode_text(&bytes, Path::new("a.vtt")) {
+            (text, Some(Warning::DecodedAs { encoding, .. })) => (text, encoding),
+            other => panic!("expected a decoding warning, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cyrillic_in_windows_1251_is_detected() {
+        let text = "Привет всем, сегодня мы будем готовить борщ.\nСначала нарежьте свёклу и морковь.\n";
+        assert_eq!(round_trip(text, encoding_rs::WINDOWS_1251), (text.to_string(), "windows-1251".to_string()));
+    }
+
+    #[test]
+    fn a_short_cyrillic_line_is_enough_and_one_accented_latin_word_stays_western() {
+        assert_eq!(
+            round_trip("Привет\n", encoding_rs::WINDOWS_1251),
+            ("Привет\n".to_string(), "windows-1251".to_string())
+        );
+        // The detector alone reads this as Windows-1257 ("naļve").
+        let text = "naïve “quote”\n";
+        assert_eq!(round_trip(text, encoding_rs::WINDOWS_1252), (text.to_string(), "windows-1252".to_string()));
+    }
+
+    #[test]
+    fn czech_and_polish_in_iso_8859_2_are_detected() {
+        for text in [
+            "Dobrý den, dnes budeme vařit guláš.\nNejdříve nakrájejte cibuli a česnek.\n",
+            "Dzień dobry, dziś ugotujemy żurek.\nNajpierw pokrój kiełbasę i ziemniaki.\n",
+        ] {
+            assert_eq!(round_trip(text, encoding_rs::ISO_8859_2), (text.to_string(), "ISO-8859-2".to_string()));
         }
     }
 

@@ -140,10 +140,12 @@ impl NarrationError {
 /// Something a reader recovered from; the data it returned is usable.
 #[derive(Debug)]
 pub enum Warning {
-    /// The file is not valid UTF-8 and was decoded as Windows-1252 (the
-    /// superset of Latin-1 that Windows subtitle tools write).
-    DecodedAsWindows1252 {
+    /// The file is not valid UTF-8 and was decoded with the legacy
+    /// encoding detected from its bytes.
+    DecodedAs {
         file: PathBuf,
+        /// The encoding's WHATWG name, e.g. `windows-1251`, `ISO-8859-2`.
+        encoding: String,
         /// Byte offset of the first byte that is not valid UTF-8.
         first_invalid_byte: usize,
     },
@@ -156,8 +158,12 @@ pub enum Warning {
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::DecodedAsWindows1252 { file, first_invalid_byte } => {
-                write!(f, "{}: not valid UTF-8 (byte {first_invalid_byte}), decoded as Windows-1252", file.display())
+            Self::DecodedAs { file, encoding, first_invalid_byte } => {
+                write!(
+                    f,
+                    "{}: not valid UTF-8 (byte {first_invalid_byte}), decoded as {encoding} (detected)",
+                    file.display()
+                )
             }
             Self::MissingWebVttHeader { file } => {
                 write!(f, "{}: no WEBVTT header line, read anyway", file.display())

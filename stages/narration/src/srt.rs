@@ -114,6 +114,27 @@ mod tests {
         std::fs::write(&path, b"1\r\n00:00:01,000 --> 00:00:02,000\r\nna\xEFve \x93quote\x94\r\n").unwrap();
         let parsed = read_file(&path).unwrap();
         assert_eq!(texts(&parsed), ["naïve “quote”"]);
-        assert!(matches!(parsed.warnings.as_slice(), [Warning::DecodedAsWindows1252 { .. }]));
+        assert!(
+            matches!(parsed.warnings.as_slice(), [Warning::DecodedAs { encoding, .. }] if encoding == "windows-1252")
+        );
+    }
+
+    #[test]
+    fn russian_windows_1251_file_is_decoded_with_the_detected_encoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ru.srt");
+        let text = "1\r\n00:00:01,000 --> 00:00:03,000\r\nПривет всем, сегодня мы готовим борщ.\r\n\r\n\
+                    2\r\n00:00:03,000 --> 00:00:06,000\r\nСначала нарежьте свёклу и морковь.\r\n";
+        let (bytes, _, _) = encoding_rs::WINDOWS_1251.encode(text);
+        std::fs::write(&path, &bytes).unwrap();
+        let parsed = read_file(&path).unwrap();
+        assert_eq!(texts(&parsed), ["Привет всем, сегодня мы готовим борщ.", "Сначала нарежьте свёклу и морковь."]);
+        match parsed.warnings.as_slice() {
+            [w @ Warning::DecodedAs { encoding, .. }] => {
+                assert_eq!(encoding, "windows-1251");
+                assert!(w.to_string().contains("ru.srt") && w.to_string().contains("windows-1251"), "{w}");
+            }
+            other => panic!("expected one decoding warning, got {other:?}"),
+        }
     }
 }

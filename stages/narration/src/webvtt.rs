@@ -226,6 +226,25 @@ intro\r\n00:00:01.000 --> 00:00:04.500 line:0 position:20%\r\n\
         std::fs::write(&path, b"WEBVTT\n\n00:01.000 --> 00:02.000\ncr\xE8me br\xFBl\xE9e\n").unwrap();
         let parsed = read_file(&path).unwrap();
         assert_eq!(texts(&parsed), ["crème brûlée"]);
-        assert!(matches!(parsed.warnings.as_slice(), [Warning::DecodedAsWindows1252 { first_invalid_byte: 34, .. }]));
+        assert!(
+            matches!(parsed.warnings.as_slice(), [Warning::DecodedAs { first_invalid_byte: 34, encoding, .. }] if encoding == "windows-1252")
+        );
+    }
+
+    #[test]
+    fn czech_latin_2_file_is_decoded_with_the_detected_encoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cs.vtt");
+        let text = "WEBVTT\n\n00:00.000 --> 00:02.000\nDobrý den, dnes budeme vařit guláš.\n\n\
+                    00:02.000 --> 00:04.000\nNejdříve nakrájejte cibuli a česnek.\n";
+        let (bytes, _, _) = encoding_rs::ISO_8859_2.encode(text);
+        std::fs::write(&path, &bytes).unwrap();
+        let parsed = read_file(&path).unwrap();
+        assert_eq!(texts(&parsed), ["Dobrý den, dnes budeme vařit guláš.", "Nejdříve nakrájejte cibuli a česnek."]);
+        assert!(
+            matches!(parsed.warnings.as_slice(), [Warning::DecodedAs { encoding, .. }] if encoding == "ISO-8859-2"),
+            "{:?}",
+            parsed.warnings
+        );
     }
 }

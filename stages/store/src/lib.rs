@@ -1,6 +1,7 @@
-//! Feature output: one HDF5 file per run, one group per video holding
-//! `c3d_features` `[num_clips, dim]` float32, as 2D-TAN style grounding code
-//! reads it.
+//! Feature output: one HDF5 file per run, either one group per video
+//! holding `c3d_features` `[num_clips, dim]` float32 or one dataset per video
+//! at the root (the two ways 2D-TAN style grounding code reads features), or
+//! one `.npy` file per video (see [`npy`]).
 //!
 //! Finished videos first go to an append-only spool beside the output
 //! (zstd-compressed, checksummed records). The spool survives a crash: a
@@ -9,6 +10,7 @@
 //! temporary name and renamed into place, so the final path never holds a
 //! half-written file.
 
+pub mod npy;
 pub mod spool;
 
 pub use spool::{Spool, SpoolRecord};
@@ -30,6 +32,41 @@ pub struct RunAttrs {
     pub checkpoint: String,
 }
 
+/// Where each video's features sit in an HDF5 file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Layout {
+    /// `f[vid][dataset]`: a group per video holding one dataset (2D-TAN's
+    /// ActivityNet loader reads `f[vid]["c3d_features"]`).
+    Group { dataset: String },
+    /// `f[vid]`: a dataset per video at the root (2D-TAN's TACoS loader
+    /// reads `f[vid][:]`).
+    Flat,
+}
+
+impl Layout {
+    /// The path of a video's dataset inside the file.
+    pub fn dataset_path(&self, video_id: &str) -> String {
+        match self {
+            Layout::Group { dataset } => format!("{video_id}/{dataset}"),
+            Layout::Flat => video_id.to_string(),
+        }
+    }
+}
+
+/// A dataset name means the group layout, as files written before the
+/// flat layout existed have it.
+impl From<&str> for Layout {
+    fn from(dataset: &str) -> Layout {
+        Layout::Group { dataset: dataset.to_string() }
+    }
+}
+
+impl From<&Layout> for Layout {
+    fn from(layout: &Layout) -> Layout {
+        layout.clone()
+    }
+}
+
 /// `dir/.name.partial`, the name a file has until it is complete.
 pub fn temporary_sibling(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -49,18 +86,20 @@ fn str_attr(loc: &hdf5::Location, name: &str, value: &str) -> Result<()> {
 }
 
 /// Writes the HDF5 file from the records (in the given order), atomically.
-pub fn write_hdf5(path: &Path, dataset: &str, run: &RunAttrs, records: &[SpoolRecord]) -> Result<()> {
-    write_hdf5_from(path, dataset, run, records.iter().map(|r| Ok(r.clone())))
+/// `layout` is a [`Layout`] or, for the group layout, the dataset name.
+pub fn write_hdf5(path: &Path, layout: impl Into<Layout>, run: &RunAttrs, records: &[SpoolRecord]) -> Result<()> {
+    write_hdf5_from(path, layout, run, records.iter().map(|r| Ok(r.clone())))
 }
 
 /// Like [`write_hdf5`], taking the records one at a time (read from a spool
 /// as they are written), so that memory holds one video, not the file.
 pub fn write_hdf5_from(
     path: &Path,
-    dataset: &str,
+    layout: impl Into<Layout>,
     run: &RunAttrs,
     records: impl IntoIterator<Item = Result<SpoolRecord>>,
 ) -> Result<()> {
+    let layout = layout.into();
     let tmp = temporary_sibling(path);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
@@ -77,10 +116,20 @@ pub fn write_hdf5_from(
             if r.features.len() != r.num_clips as usize * r.dim as usize {
                 bail!("video {}: {} values for {} clips of dim {}", r.video_id, r.features.len(), r.num_clips, r.dim);
             }
-            let group = file
-                .create_group(&r.video_id)
-                .with_context(|| format!("{}: cannot create group {:?}", tmp.display(), r.video_id))?;
-            let ds = group.new_dataset::<f32>().shape([r.num_clips as usize, r.dim as usize]).create(dataset)?;
+            let shape = [r.num_clips as usize, r.dim as usize];
+            let ds = match &layout {
+                Layout::Group { dataset } => {
+                    let group = file
+                        .create_group(&r.video_id)
+                        .with_context(|| format!("{}: cannot create group {:?}", tmp.display(), r.video_id))?;
+                    group.new_dataset::<f32>().shape(shape).create(dataset.as_str())?
+                }
+                Layout::Flat => file
+                    .new_dataset::<f32>()
+                    .shape(shape)
+                    .create(r.video_id.as_str())
+                    .with_context(|| format!("{}: cannot create dataset {:?}", tmp.display(), r.video_id))?,
+            };
             ds.write_raw(r.features.as_slice())?;
             ds.new_attr::<f64>().create("fps")?.write_scalar(&r.fps)?;
             ds.new_attr::<u64>().create("frames")?.write_scalar(&r.frames)?;
@@ -101,14 +150,17 @@ pub fn write_hdf5_from(
 }
 
 /// Features of one video as stored: (values row-major, [num_clips, dim]).
-pub fn read_features(path: &Path, video_id: &str, dataset: &str) -> Result<(Vec<f32>, [usize; 2])> {
+/// `layout` is a [`Layout`] or, for the group layout, the dataset name.
+pub fn read_features(path: &Path, video_id: &str, layout: impl Into<Layout>) -> Result<(Vec<f32>, [usize; 2])> {
     let file = hdf5::File::open(path).with_context(|| format!("{}: cannot open HDF5 file", path.display()))?;
-    let ds = file
-        .dataset(&format!("{video_id}/{dataset}"))
-        .with_context(|| format!("{}: no dataset {video_id}/{dataset}", path.display()))?;
+    read_dataset(&file, path, &layout.into().dataset_path(video_id))
+}
+
+fn read_dataset(file: &hdf5::File, path: &Path, name: &str) -> Result<(Vec<f32>, [usize; 2])> {
+    let ds = file.dataset(name).with_context(|| format!("{}: no dataset {name}", path.display()))?;
     let shape = ds.shape();
     if shape.len() != 2 {
-        bail!("{}: {video_id}/{dataset} has {} dimensions, expected 2", path.display(), shape.len());
+        bail!("{}: {name} has {} dimensions, expected 2", path.display(), shape.len());
     }
     Ok((ds.read_raw::<f32>()?, [shape[0], shape[1]]))
 }
@@ -125,8 +177,13 @@ pub fn list_videos(path: &Path) -> Result<Vec<String>> {
 pub type AllFeatures = BTreeMap<String, (Vec<f32>, [usize; 2])>;
 
 /// Every video's features, keyed by id.
-pub fn read_all(path: &Path, dataset: &str) -> Result<AllFeatures> {
-    list_videos(path)?.into_iter().map(|v| Ok((v.clone(), read_features(path, &v, dataset)?))).collect()
+pub fn read_all(path: &Path, layout: impl Into<Layout>) -> Result<AllFeatures> {
+    let layout = layout.into();
+    let file = hdf5::File::open(path).with_context(|| format!("{}: cannot open HDF5 file", path.display()))?;
+    list_videos(path)?
+        .into_iter()
+        .map(|v| Ok((v.clone(), read_dataset(&file, path, &layout.dataset_path(&v))?)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -164,12 +221,32 @@ mod tests {
     }
 
     #[test]
+    fn the_flat_layout_puts_one_dataset_per_video_at_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flat.h5");
+        let run = RunAttrs { clip_frames: 16, stride: 8, layer: "fc6".into(), checkpoint: "abc".into() };
+        let recs = vec![record("vidA", 3, 4, 0.0), record("b", 2, 4, 7.0)];
+        write_hdf5(&path, Layout::Flat, &run, &recs).unwrap();
+        let file = hdf5::File::open(&path).unwrap();
+        let ds = file.dataset("vidA").expect("f[vid] is the dataset itself");
+        assert_eq!(ds.shape(), [3, 4]);
+        assert_eq!(ds.read_raw::<f32>().unwrap(), recs[0].features);
+        assert_eq!(ds.attr("stride").unwrap().read_scalar::<u32>().unwrap(), 8);
+        assert!(file.group("vidA").is_err(), "no group in the flat layout");
+        let all = read_all(&path, Layout::Flat).unwrap();
+        assert_eq!(all["b"], (recs[1].features.clone(), [2, 4]));
+        assert!(read_all(&path, "c3d_features").is_err(), "the group layout's path does not exist here");
+    }
+
+    #[test]
     fn duplicate_video_ids_are_an_error_naming_the_id() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.h5");
         let recs = vec![record("v", 1, 2, 0.0), record("v", 1, 2, 1.0)];
-        let err = format!("{:#}", write_hdf5(&path, "c3d_features", &RunAttrs::default(), &recs).unwrap_err());
-        assert!(err.contains("\"v\""), "{err}");
-        assert!(!path.exists(), "a failed assembly must not leave a final file");
+        for layout in [Layout::from("c3d_features"), Layout::Flat] {
+            let err = format!("{:#}", write_hdf5(&path, &layout, &RunAttrs::default(), &recs).unwrap_err());
+            assert!(err.contains("\"v\""), "{layout:?}: {err}");
+            assert!(!path.exists(), "{layout:?}: a failed assembly must not leave a final file");
+        }
     }
 }
