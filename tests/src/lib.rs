@@ -116,7 +116,7 @@ pub fn ffmpeg(args: &[&str]) {
 /// installs numpy and h5py there), to read outputs the way users' Python
 /// code does; returns its standard output, panicking with its messages if
 /// it fails.
-pub fn python(script: &str, args: &[&Path]) -> String {
+pub fn python_script(script: &str, args: &[&Path]) -> String {
     let py = repo().join(".venv/bin/python");
     assert!(py.exists(), "{} is missing: run scripts/setup.sh", py.display());
     let out = Command::new(&py).arg("-c").arg(script).args(args).output().expect("run the virtualenv's python");

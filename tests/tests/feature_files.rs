@@ -7,7 +7,7 @@
 use locvtp_store::npy::read_npy;
 use locvtp_store::Layout;
 use locvtp_tests::{
-    extract_graph, ffprobe_frames, make_video, python, read_errors, read_summary, run_flow, spawn_flow,
+    extract_graph, ffprobe_frames, make_video, python_script, read_errors, read_summary, run_flow, spawn_flow,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -113,7 +113,7 @@ fn one_run_writes_both_hdf5_layouts_and_npy_files_that_python_reads_alike() {
     assert!(summary["outputs"]["flat"]["path"].as_str().unwrap().ends_with("flat.h5"), "{summary}");
     assert!(read_errors(&out).is_empty());
 
-    let printed = python(READ_BACK, &[&out.join("features.h5"), &out.join("flat.h5"), &out.join("features")]);
+    let printed = python_script(READ_BACK, &[&out.join("features.h5"), &out.join("flat.h5"), &out.join("features")]);
     let read: serde_json::Value = serde_json::from_str(&printed).unwrap();
     assert_eq!(from_python(&read["group"]), group, "h5py: f[vid][\"c3d_features\"][:]");
     assert_eq!(from_python(&read["flat"]), group, "h5py: f[vid][:]");

@@ -137,7 +137,7 @@ text_encoder = "{text}"
 init_checkpoint = "{init}"
 device = "cpu"
 epochs = 1
-batch_size = 1
+batch_size = 2
 
 [stages.metrics]
 type = "metrics"
@@ -155,18 +155,29 @@ inputs = ["train"]
 /// batch 1 (each sample costs C3D's forward and backward pass over T = 5
 /// clips, which is slow on a CPU).
 fn narrated_video(data: &Path) {
-    let scenes = vec![Scene {
-        start_s: 0.0,
-        end_s: 1.2,
-        shape: Shape::Circle,
-        colour: Colour::Red,
-        motion: Motion::Left,
-        background: Background::Black,
-    }];
+    // Two caption clips: the smallest batch with an in-batch negative.
+    let scenes = vec![
+        Scene {
+            start_s: 0.0,
+            end_s: 1.2,
+            shape: Shape::Circle,
+            colour: Colour::Red,
+            motion: Motion::Left,
+            background: Background::Black,
+        },
+        Scene {
+            start_s: 1.2,
+            end_s: 2.4,
+            shape: Shape::Square,
+            colour: Colour::Blue,
+            motion: Motion::Up,
+            background: Background::Grey,
+        },
+    ];
     for sub in ["videos", "narration"] {
         std::fs::create_dir_all(data.join(sub)).unwrap();
     }
-    write_video(&SynthSpec::new(64, 48, (25, 1), 1.2, scenes.clone()), &data.join("videos/v0.mp4")).unwrap();
+    write_video(&SynthSpec::new(64, 48, (25, 1), 2.4, scenes.clone()), &data.join("videos/v0.mp4")).unwrap();
     std::fs::write(data.join("narration/v0.vtt"), narration_webvtt(&scenes)).unwrap();
 }
 

@@ -8,6 +8,7 @@
 //! mean gradient assembled on every worker.
 
 use super::BenchArgs;
+use crate::run::handshake::{ClusterSecret, SECRET_ENV};
 use crate::run::Cluster;
 use anyhow::{bail, Context, Result};
 use locvtp_model::train::GradientLayout;
@@ -42,15 +43,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// One process of the exchange cluster; prints its round times as JSON.
 pub(super) fn exchange_process(args: &BenchArgs, process: usize, hosts: &Path) -> Result<()> {
+    let secret = ClusterSecret::resolve(None, std::env::var_os(SECRET_ENV)).map_err(anyhow::Error::msg)?;
     let cluster = Cluster {
         threads: 1,
         processes: 2,
         process,
         hostfile: Some(hosts.to_path_buf()),
         connect_timeout: Duration::from_secs(60),
+        secret,
     };
     let (floats, rounds) = (args.exchange_floats, args.exchange_rounds);
-    let guards = cluster.execute(move |worker| {
+    let guards = cluster.execute(&|| false, move |worker: &mut timely::worker::Worker| {
         let index = worker.index();
         let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<GradPart>>>::new();
         let probe = ProbeHandle::new();
@@ -129,6 +132,8 @@ pub(super) fn bench_exchange(args: &BenchArgs) -> Result<Value> {
         floats as f64 * 4.0 / 1e6
     );
     let exe = std::env::current_exe()?;
+    // The two processes prove this run's secret to each other.
+    let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
     let spawned: Vec<_> = (0..2)
         .map(|p| {
             Command::new(&exe)
@@ -136,6 +141,7 @@ pub(super) fn bench_exchange(args: &BenchArgs) -> Result<Value> {
                 .arg("--exchange-hosts")
                 .arg(&hosts)
                 .args(["--exchange-floats", &floats.to_string(), "--exchange-rounds", &rounds.to_string()])
+                .env(SECRET_ENV, &secret)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
