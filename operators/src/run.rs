@@ -18,6 +18,16 @@ pub struct FatalError {
     pub stage: String,
     /// The cause, with its context.
     pub message: String,
+    /// The run resumed a checkpoint trained on other settings or data: a
+    /// configuration problem (exit 2), not a failure of the run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resume_mismatch: bool,
+}
+
+impl FatalError {
+    pub fn new(stage: impl Into<String>, message: impl Into<String>) -> FatalError {
+        FatalError { stage: stage.into(), message: message.into(), resume_mismatch: false }
+    }
 }
 
 /// Why a run stops before its input is exhausted.
@@ -46,6 +56,8 @@ pub struct RunShared {
     outputs: Mutex<BTreeMap<String, serde_json::Value>>,
     /// Input files that sources passed over, by reason.
     skipped_files: Mutex<BTreeMap<String, SkippedFiles>>,
+    /// What the training data hash to, once the sampler knows it.
+    data_fingerprint: Mutex<Option<String>>,
 }
 
 /// Input files passed over for one reason: how many, and the first few.
@@ -99,14 +111,33 @@ impl RunShared {
     /// Records a fatal failure of `stage` (the first one is kept) and stops
     /// the run.
     pub fn fail(&self, stage: &str, cause: impl std::fmt::Display) {
+        self.record_fatal(FatalError::new(stage, cause.to_string()));
+    }
+
+    /// Stops the run because the checkpoint it resumes was trained on other
+    /// settings or data than it now has.
+    pub fn fail_resume_mismatch(&self, stage: &str, cause: impl std::fmt::Display) {
+        self.record_fatal(FatalError { resume_mismatch: true, ..FatalError::new(stage, cause.to_string()) });
+    }
+
+    fn record_fatal(&self, error: FatalError) {
         let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
         if fatal.is_none() {
-            let message = cause.to_string();
-            tracing::error!("stage `{stage}` failed: {message}");
-            *fatal = Some(FatalError { stage: stage.to_string(), message });
+            tracing::error!("stage `{}` failed: {}", error.stage, error.message);
+            *fatal = Some(error);
         }
         drop(fatal);
         self.request_stop(StopCause::Failure);
+    }
+
+    /// Records the fingerprint of the training data (see the sampler).
+    pub fn set_data_fingerprint(&self, fingerprint: String) {
+        *self.data_fingerprint.lock().unwrap_or_else(|e| e.into_inner()) = Some(fingerprint);
+    }
+
+    /// The fingerprint of the training data, once known.
+    pub fn data_fingerprint(&self) -> Option<String> {
+        self.data_fingerprint.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The failure recorded in this process, if any.
@@ -174,6 +205,6 @@ mod tests {
         run.fail("write", "disk full");
         assert!(run.stopping());
         assert_eq!(run.stop_cause(), Some(StopCause::Signal(15)));
-        assert_eq!(run.fatal().unwrap(), FatalError { stage: "encode".into(), message: "out of memory".into() });
+        assert_eq!(run.fatal().unwrap(), FatalError::new("encode", "out of memory"));
     }
 }

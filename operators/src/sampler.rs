@@ -32,6 +32,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::ControlFlow;
@@ -56,6 +57,11 @@ pub struct SamplerConfig {
     pub batch_size: usize,
     /// Steps already taken by the checkpoint the run resumes from.
     pub first_step: u64,
+    /// The data fingerprint recorded in that checkpoint's run manifest.
+    pub resumed_fingerprint: Option<String>,
+    /// Resume even when the data fingerprint differs (a warning instead of
+    /// a stop).
+    pub accept_changed_data: bool,
     /// Steps emitted ahead of the last one training has finished.
     pub lookahead: u64,
     /// Logical data shards; fixed for a training run whatever its workers.
@@ -234,11 +240,45 @@ struct ShardTable {
     shards: BTreeMap<u32, Vec<VideoCaptions>>,
 }
 
-/// How many caption clips a shard has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How many caption clips a shard has, and what they hash to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardCount {
     pub shard: u32,
     pub clips: u64,
+    /// SHA-256 of the shard's videos (ids, in order) and caption clips
+    /// (times and texts): what its samples are drawn from.
+    pub digest: [u8; 32],
+}
+
+/// The digest of one shard's videos, sorted by id.
+fn shard_digest(videos: &[VideoCaptions]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for v in videos {
+        h.update((v.meta.video.id.len() as u64).to_le_bytes());
+        h.update(v.meta.video.id.as_bytes());
+        h.update((v.clips.len() as u64).to_le_bytes());
+        for c in &v.clips {
+            h.update(c.start_s.to_le_bytes());
+            h.update(c.end_s.to_le_bytes());
+            h.update((c.text.len() as u64).to_le_bytes());
+            h.update(c.text.as_bytes());
+        }
+    }
+    h.finalize().into()
+}
+
+/// The fingerprint of the training data: a hash of every shard's count and
+/// digest, in shard order, as 16 hex digits. It changes with any video,
+/// caption clip or caption text, and with the shard count, and not with the
+/// number of workers.
+pub fn data_fingerprint(shards: &[ShardCount]) -> String {
+    let mut h = Sha256::new();
+    for s in shards {
+        h.update(s.shard.to_le_bytes());
+        h.update(s.clips.to_le_bytes());
+        h.update(s.digest);
+    }
+    h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A decoded visit: the pixels of each clip.
@@ -336,7 +376,7 @@ fn gather_shards<'s>(
                             let videos = t.shards.entry(s).or_default();
                             videos.sort_by(|a, b| a.meta.video.id.cmp(&b.meta.video.id));
                             let clips = videos.iter().map(|v| v.clips.len() as u64).sum();
-                            session.give(ShardCount { shard: s, clips });
+                            session.give(ShardCount { shard: s, clips, digest: shard_digest(videos) });
                         }
                     }
                 }
@@ -665,26 +705,55 @@ pub fn sample<'s>(
             }
             drop(res_tx);
             let mut cap: Option<Capability<u64>> = Some(cap);
-            let mut counts: BTreeMap<u32, u64> = BTreeMap::new();
+            let mut counts: BTreeMap<u32, ShardCount> = BTreeMap::new();
             let mut sampler: Option<Sampler> = None;
             let table = table.clone();
             move |(input, frontier), output| {
                 input.for_each(|_cap, data| {
                     for c in data.drain(..) {
-                        counts.insert(c.shard, c.clips);
+                        counts.insert(c.shard, c);
                     }
                 });
                 if cap.is_none() || !frontier.is_empty() {
                     return;
                 }
+                if sampler.is_none() {
+                    let all: Vec<ShardCount> = (0..cfg.shards)
+                        .map(|s| counts.get(&s).cloned().unwrap_or(ShardCount { shard: s, clips: 0, digest: [0; 32] }))
+                        .collect();
+                    let fingerprint = data_fingerprint(&all);
+                    run.set_data_fingerprint(fingerprint.clone());
+                    if let Some(trained_on) = cfg.resumed_fingerprint.as_ref().filter(|f| **f != fingerprint) {
+                        let message = format!(
+                            "the training data differ from those of the checkpoint resumed at step {} (data fingerprint {fingerprint}, the checkpoint's {trained_on}): videos, caption clips or their texts changed",
+                            cfg.first_step
+                        );
+                        if cfg.accept_changed_data {
+                            tracing::warn!("{message}; continuing, as asked");
+                        } else {
+                            run.fail_resume_mismatch(
+                                &cfg.stage,
+                                format!("{message}; restore them, or set accept_changed_settings = true on the train stage to continue anyway"),
+                            );
+                            cap = None;
+                            return;
+                        }
+                    }
+                }
                 let state = sampler.get_or_insert_with(|| {
-                    let counts: Vec<u64> = (0..cfg.shards).map(|s| counts.get(&s).copied().unwrap_or(0)).collect();
+                    let counts: Vec<u64> = (0..cfg.shards).map(|s| counts.get(&s).map_or(0, |c| c.clips)).collect();
                     let clips: u64 = counts.iter().sum();
                     let (steps, seats) = epoch_steps(clips, cfg.batch_size as u64);
                     if is_first {
                         run.record_output(
                             &cfg.stage,
-                            serde_json::json!({ "caption_clips": clips, "shards": cfg.shards, "steps_per_epoch": steps, "window": cfg.window }),
+                            serde_json::json!({
+                                "caption_clips": clips,
+                                "shards": cfg.shards,
+                                "steps_per_epoch": steps,
+                                "window": cfg.window,
+                                "data_fingerprint": run.data_fingerprint(),
+                            }),
                         );
                         tracing::info!("{clips} caption clips in {} shards, {steps} steps an epoch", cfg.shards);
                     }

@@ -17,7 +17,9 @@ pub enum RunError {
     /// Setting up the run failed (the cluster, an output that cannot be
     /// replaced). Exit 1.
     Setup(anyhow::Error),
-    /// A stage failed; finished work is kept. Exit 1.
+    /// A stage failed; finished work is kept. Exit 1, or 2 when the
+    /// checkpoint a training run resumes was trained on other settings or
+    /// data (a configuration problem).
     Fatal(FatalError),
     /// Every item failed. Exit 1.
     NothingDone { failed: u64 },
@@ -33,6 +35,7 @@ impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Config(_) | RunError::Usage(_) => 2,
+            RunError::Fatal(e) if e.resume_mismatch => 2,
             RunError::Interrupted { signal } => (128 + signal).clamp(0, 255) as u8,
             RunError::Setup(_) | RunError::Fatal(_) | RunError::NothingDone { .. } | RunError::ItemsFailed { .. } => 1,
         }
@@ -75,8 +78,11 @@ mod tests {
         assert_eq!(RunError::Interrupted { signal: 2 }.exit_code(), 130);
         assert_eq!(RunError::Interrupted { signal: 15 }.exit_code(), 143);
         assert_eq!(RunError::NothingDone { failed: 3 }.exit_code(), 1);
-        let fatal = RunError::Fatal(FatalError { stage: "encode".into(), message: "out of memory".into() });
+        let fatal = RunError::Fatal(FatalError::new("encode", "out of memory"));
         assert_eq!(fatal.exit_code(), 1);
+        let mismatch =
+            RunError::Fatal(FatalError { resume_mismatch: true, ..FatalError::new("samples", "other data") });
+        assert_eq!(mismatch.exit_code(), 2);
         assert_eq!(fatal.to_string(), "error: stage `encode`: out of memory");
     }
 }

@@ -125,6 +125,29 @@ fn pretraining_trains_checkpoints_resumes_and_feeds_extraction() {
     let split_out = dir.path().join("split");
     let first = run_pretrain(dir.path(), "first", &split_out, 1, &[]);
     assert_eq!(first.len(), steps_per_epoch);
+    // Resuming with a setting that changes the steps, or with other data,
+    // stops before any step with exit code 2 and says what changed.
+    let graph = dir.path().join("changed.toml");
+    std::fs::write(&graph, pretrain_graph(&dir.path().join("data"), &split_out, 2)).unwrap();
+    let o = run_flow(dir.path(), &["run", graph.to_str().unwrap(), "-q", "--set", "stages.train.lr=0.002"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("stages.train.lr: 0.001 -> 0.002") && stderr.contains("accept_changed_settings"),
+        "{stderr}"
+    );
+    let vtt = dir.path().join("data/narration/v1.vtt");
+    let narration = std::fs::read_to_string(&vtt).unwrap();
+    let edited = narration.replacen("green", "olive", 1);
+    assert_ne!(edited, narration, "the edit changes a caption");
+    std::fs::write(&vtt, edited).unwrap();
+    let o = run_flow(dir.path(), &["run", graph.to_str().unwrap(), "-q"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("training data differ"), "{stderr}");
+    std::fs::write(&vtt, narration).unwrap();
+    assert_eq!(std::fs::read_to_string(split_out.join("metrics.jsonl")).unwrap().lines().count(), first.len());
+
     let resumed = run_pretrain(dir.path(), "resumed", &split_out, 2, &[]);
     assert_eq!(resumed.len(), full.len(), "metrics continue in the same file");
     for (a, b) in full.iter().zip(&resumed) {

@@ -3,6 +3,7 @@
 use super::reduce::MeanShard;
 use super::{concat_chunks, Shared, Snapshot, SnapshotReason, StepReport, TrainConfig};
 use crate::accumulate::PerTime;
+use crate::manifest::RUN_MANIFEST_KEY;
 use crate::run::{RunShared, StopCause};
 use crate::samples::StepInfo;
 use crate::stats::RunStats;
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tch::Kind;
+use tch::{Kind, Tensor};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
@@ -75,8 +76,7 @@ pub(super) fn apply<'s>(
                             );
                             return;
                         }
-                        sh.layout.set_gradients(&sh.replica.model, &flat);
-                        sh.replica.adam.step(&sh.replica.model, lr);
+                        sh.replica.adam.step_flat(&Tensor::from_slice(&flat), lr);
                     }
                     sh.busy += began.elapsed();
                     let samples = shards[0].samples;
@@ -110,10 +110,16 @@ pub(super) fn apply<'s>(
                                 epoch: i64::from(at.epoch) + i64::from(at.epoch_end),
                                 step: done as i64,
                                 seed: cfg.seed,
-                                extra: BTreeMap::from([(
-                                    LR_SCHEDULE_KEY.to_string(),
-                                    serde_json::to_string(&cfg.schedule).expect("a schedule serialises"),
-                                )]),
+                                extra: BTreeMap::from([
+                                    (
+                                        LR_SCHEDULE_KEY.to_string(),
+                                        serde_json::to_string(&cfg.schedule).expect("a schedule serialises"),
+                                    ),
+                                    (
+                                        RUN_MANIFEST_KEY.to_string(),
+                                        cfg.manifest.with_data(run.data_fingerprint()).to_json(),
+                                    ),
+                                ]),
                             };
                             match TrainingSnapshot::take(&sh.replica.model, &sh.replica.adam, &meta) {
                                 Ok(state) => sh.snapshots.push_back(Arc::new(Snapshot { at, reason, state })),

@@ -28,6 +28,7 @@ pub mod exchange {
     pub use super::{chunk_range, chunks, concat_chunks, from_bytes, to_bytes};
 }
 
+use crate::manifest::RunManifest;
 use crate::run::RunShared;
 use crate::samples::{Sample, StepInfo};
 use crate::text_cache::TextCache;
@@ -61,6 +62,9 @@ pub struct TrainConfig {
     /// each step once the run is stopping.
     pub snapshots: bool,
     pub snapshot_every: Option<u64>,
+    /// The run's settings, written with the data fingerprint into every
+    /// checkpoint.
+    pub manifest: RunManifest,
 }
 
 /// One replica, its optimiser and frozen text encoder (behind its cache).

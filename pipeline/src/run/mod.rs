@@ -6,6 +6,7 @@ pub mod cluster;
 mod connect;
 pub mod handshake;
 pub mod interrupt;
+pub mod manifest;
 mod progress;
 pub mod summary;
 
@@ -117,10 +118,9 @@ pub fn run(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result<RunSumm
     let counts = if report.processes_reported > 0 { report.counts } else { run.stats.snapshot() };
     let stop = run.stop_cause().map(|cause| (report.stop.map(|(from, _)| from).unwrap_or(shape.process), cause));
     let fatal = run.fatal().or_else(|| match stop {
-        Some((from, StopCause::Failure)) => Some(FatalError {
-            stage: "?".into(),
-            message: format!("process {from} failed; its log names the stage and the cause"),
-        }),
+        Some((from, StopCause::Failure)) => {
+            Some(FatalError::new("?", format!("process {from} failed; its log names the stage and the cause")))
+        }
         _ => None,
     });
     // A signal that came after the last item changes nothing.

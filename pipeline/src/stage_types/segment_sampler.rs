@@ -14,6 +14,7 @@ use crate::engine::{
 use crate::stage_types::decode::validate_decode;
 use crate::stage_types::train::{resume_point, Train};
 use locvtp_media::decode::DecodeOptions;
+use locvtp_operators::manifest::RunManifest;
 use locvtp_operators::sampler::{sample, SamplerConfig};
 use locvtp_operators::samples::Sample;
 use locvtp_operators::VideoCaptions;
@@ -89,8 +90,13 @@ impl StageType for SegmentSampler {
             checks.error("", "the samples must feed exactly one train stage, whose epochs and batch size they follow");
             return None;
         };
-        let first_step = match resume_point(ctx.graph, &train_stage.name, train) {
-            Ok(point) => point.map(|(_, meta)| meta.step as u64).unwrap_or(0),
+        let (first_step, resumed_fingerprint) = match resume_point(ctx.graph, &train_stage.name, train) {
+            Ok(Some((path, meta))) => {
+                // The train stage reports a manifest it cannot read.
+                let manifest = RunManifest::read(&path).ok().flatten();
+                (meta.step as u64, manifest.and_then(|m| m.data_fingerprint().map(str::to_string)))
+            }
+            Ok(None) => (0, None),
             // The train stage reports the unreadable checkpoint.
             Err(_) => return None,
         };
@@ -100,6 +106,8 @@ impl StageType for SegmentSampler {
             epochs: train.epochs as u32,
             batch_size: train.batch_size,
             first_step,
+            resumed_fingerprint,
+            accept_changed_data: train.accept_changed_settings,
             lookahead: ctx.graph.run.max_in_flight as u64,
             shards: self.shards,
             window: self.window,

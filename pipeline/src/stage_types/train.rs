@@ -6,6 +6,7 @@ use crate::engine::{
     BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType,
 };
 use crate::graph::{Graph, PathResolver};
+use crate::run::manifest::{training_manifest, TrainingSettings};
 use crate::stage_types::checkpoints::Checkpoints;
 use crate::stage_types::segment_sampler::SegmentSampler;
 use locvtp_model::amp::Precision;
@@ -14,6 +15,7 @@ use locvtp_model::loss::LossWeights;
 use locvtp_model::text::TextEncoder;
 use locvtp_model::train::{load_training_checkpoint, read_training_meta, Adam, MultiStepLr, TrainMeta};
 use locvtp_model::{LocVtp, ModelConfig};
+use locvtp_operators::manifest::RunManifest;
 use locvtp_operators::samples::Sample;
 use locvtp_operators::text_cache::TextCache;
 use locvtp_operators::train::{train, Replica, TrainConfig, TrainEvent};
@@ -82,6 +84,11 @@ pub struct Train {
     /// hidden size x (words + 1) each).
     #[serde(default = "yes")]
     pub text_store: bool,
+    /// Resume even though the checkpoint's run manifest records other
+    /// settings or data than this run has (the differences are logged).
+    /// Without it such a resume stops with exit code 2 and lists them.
+    #[serde(default)]
+    pub accept_changed_settings: bool,
 }
 
 fn default_epochs() -> usize {
@@ -121,6 +128,10 @@ pub struct Trainer {
     pub resume: Option<(PathBuf, TrainMeta)>,
     /// Whether a checkpoints sink wants the training state.
     pub snapshots: bool,
+    /// What this run's steps depend on, for every checkpoint it writes.
+    pub manifest: RunManifest,
+    /// The manifest of the checkpoint it resumes, if that has one.
+    pub resumed_manifest: Option<RunManifest>,
 }
 
 impl Trainer {
@@ -257,12 +268,14 @@ impl StageType for Train {
                 None
             }
         };
+        let mut trained_with_same_model = true;
         if let Some((path, _)) = &resume {
             let trained_with = locvtp_model::checkpoint::read_safetensors_metadata(path)
                 .ok()
                 .and_then(|m| m.get("model_config").cloned())
                 .and_then(|c| serde_json::from_str::<ModelConfig>(&c).ok());
-            if trained_with.as_ref() != Some(&model) {
+            trained_with_same_model = trained_with.as_ref() == Some(&model);
+            if !trained_with_same_model {
                 checks.error(
                     "resume",
                     format!(
@@ -277,6 +290,34 @@ impl StageType for Train {
         // A micro-batch of one sample has no in-batch negative (its coarse
         // loss is 0) and no other sample to splice with.
         let parts = self.micro_batches.unwrap_or(ctx.shape.workers()).max(1);
+        let settings = TrainingSettings { model: &model, text_encoder: &text_dir, micro_batches: parts };
+        let manifest = training_manifest(ctx.graph, &ctx.stage.name, &settings);
+        let resumed_manifest = match resume.as_ref().map(|(path, _)| (path, RunManifest::read(path))) {
+            Some((_, Ok(m))) => m,
+            Some((path, Err(e))) => {
+                checks.error("resume", format!("{}: {e:#}", path.display()));
+                None
+            }
+            None => None,
+        };
+        if let (Some((path, _)), Some(then)) = (&resume, &resumed_manifest) {
+            let changed = manifest.setting_differences(then);
+            if !changed.is_empty() {
+                let list = changed.iter().map(|c| format!("\n    {c}")).collect::<String>();
+                if self.accept_changed_settings {
+                    tracing::warn!("resuming {} with changed settings (as asked):{list}", path.display());
+                } else if trained_with_same_model {
+                    checks.error(
+                        "resume",
+                        format!(
+                            "{} was trained with other settings (checkpoint's -> this run's):{list}\n  restore them, set stages.{name}.accept_changed_settings = true to continue anyway, or stages.{name}.resume = false to start afresh",
+                            path.display(),
+                            name = ctx.stage.name
+                        ),
+                    );
+                }
+            }
+        }
         if parts * 2 > self.batch_size {
             let key = if self.micro_batches.is_some() { "micro_batches" } else { "batch_size" };
             checks.error(
@@ -289,7 +330,14 @@ impl StageType for Train {
             );
         }
         let snapshots = checkpoints_dir(ctx.graph, &ctx.stage.name).is_some();
-        checks.is_empty().then_some(Trainer { model, text_encoder: text_dir, resume, snapshots })
+        checks.is_empty().then_some(Trainer {
+            model,
+            text_encoder: text_dir,
+            resume,
+            snapshots,
+            manifest,
+            resumed_manifest,
+        })
     }
 
     fn build<'s>(
@@ -345,6 +393,7 @@ impl StageType for Train {
             precision: self.precision,
             snapshots: trainer.snapshots,
             snapshot_every: self.checkpoint_every_steps.map(|k| k as u64),
+            manifest: trainer.manifest.clone(),
         };
         let replica = Replica { model, adam, text };
         let events = train(samples, cfg, replica, trainer.first_step(), ctx.run.clone());
