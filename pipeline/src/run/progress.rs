@@ -3,7 +3,7 @@
 //! training reports its first step; from then on it counts steps, with the
 //! epoch, the loss and samples/s.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use locvtp_operators::{RunShared, RunStats, TrainingProgress};
 use std::io::IsTerminal;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
@@ -106,31 +106,38 @@ impl PlainLines {
 
 /// The terminal display: the videos bar, replaced by a bar of steps once
 /// training reports its first step.
-fn bars(run: &RunShared, stop: &Receiver<()>) {
-    let started = Instant::now();
-    let stats = &run.stats;
-    let videos = ProgressBar::new(videos_total(stats));
-    videos.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} videos {per_sec} ETA {eta} {msg}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    let mut steps: Option<ProgressBar> = None;
-    loop {
-        match (run.training(), &steps) {
+struct Bars {
+    started: Instant,
+    /// Where the bars draw: stderr, or nowhere in tests.
+    target: fn() -> ProgressDrawTarget,
+    videos: ProgressBar,
+    steps: Option<ProgressBar>,
+}
+
+fn bar_style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).expect("static template").progress_chars("=> ")
+}
+
+impl Bars {
+    fn new(run: &RunShared, target: fn() -> ProgressDrawTarget) -> Bars {
+        let videos = ProgressBar::with_draw_target(Some(videos_total(&run.stats)), target());
+        videos.set_style(bar_style("{elapsed_precise} [{bar:30}] {pos}/{len} videos {per_sec} ETA {eta} {msg}"));
+        Bars { started: Instant::now(), target, videos, steps: None }
+    }
+
+    /// Shows where `run` stands now.
+    fn update(&mut self, run: &RunShared) {
+        let stats = &run.stats;
+        match (run.training(), &self.steps) {
             (Some(p), None) => {
-                videos.finish_and_clear();
+                self.videos.finish_and_clear();
                 // A resumed run starts at its checkpoint's step; the ETA
                 // counts from there.
-                let bar = ProgressBar::new(p.steps_total).with_position(p.step);
-                bar.set_style(
-                    ProgressStyle::with_template("{elapsed_precise} [{bar:30}] step {pos}/{len} ETA {eta} {msg}")
-                        .expect("static template")
-                        .progress_chars("=> "),
-                );
+                let bar = ProgressBar::with_draw_target(Some(p.steps_total), (self.target)()).with_position(p.step);
+                bar.set_style(bar_style("{elapsed_precise} [{bar:30}] step {pos}/{len} ETA {eta} {msg}"));
                 bar.reset_eta();
                 bar.set_message(step_message(&p));
-                steps = Some(bar);
+                self.steps = Some(bar);
             }
             (Some(p), Some(bar)) => {
                 bar.set_length(p.steps_total);
@@ -138,33 +145,37 @@ fn bars(run: &RunShared, stop: &Receiver<()>) {
                 bar.set_message(step_message(&p));
             }
             (None, _) => {
-                videos.set_length(videos_total(stats));
-                videos.set_position(videos_done(stats));
+                self.videos.set_length(videos_total(stats));
+                self.videos.set_position(videos_done(stats));
                 let clips = RunStats::get(&stats.clips_encoded);
-                videos.set_message(format!(
+                self.videos.set_message(format!(
                     "| {clips} clips, {:.1} clips/s, {} failed",
-                    clips as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                    clips as f64 / self.started.elapsed().as_secs_f64().max(1e-9),
                     RunStats::get(&stats.videos_failed)
                 ));
             }
         }
+    }
+
+    /// The last update, left on the screen.
+    fn finish(mut self, run: &RunShared) {
+        self.update(run);
+        match self.steps {
+            Some(bar) => bar.finish(),
+            None => self.videos.finish(),
+        }
+    }
+}
+
+fn bars(run: &RunShared, stop: &Receiver<()>) {
+    let mut bars = Bars::new(run, ProgressDrawTarget::stderr);
+    loop {
+        bars.update(run);
         if !tick(stop, Duration::from_millis(200)) {
             break;
         }
     }
-    match steps {
-        Some(bar) => {
-            if let Some(p) = run.training() {
-                bar.set_position(p.step);
-                bar.set_message(step_message(&p));
-            }
-            bar.finish();
-        }
-        None => {
-            videos.set_position(videos_done(stats));
-            videos.finish();
-        }
-    }
+    bars.finish(run);
 }
 
 impl Progress {
@@ -212,6 +223,33 @@ mod tests {
         assert_eq!(eta_text(Some(41.6)), "42s");
         assert_eq!(eta_text(Some(185.0)), "3m05s");
         assert_eq!(eta_text(Some(3720.0)), "1h02m");
+    }
+
+    #[test]
+    fn the_terminal_shows_videos_then_steps_with_epoch_loss_and_rate() {
+        let run = RunShared::default();
+        RunStats::add(&run.stats.videos_total, 4);
+        RunStats::add(&run.stats.videos_done, 1);
+        let mut bars = Bars::new(&run, ProgressDrawTarget::hidden);
+        bars.update(&run);
+        assert_eq!((bars.videos.position(), bars.videos.length()), (1, Some(4)));
+        assert!(bars.steps.is_none());
+
+        let step = |step, loss| TrainingProgress { step, steps_total: 40, epoch: 2, loss, samples_per_s: 12.5 };
+        run.record_step(step(10, 3.21987));
+        bars.update(&run);
+        assert!(bars.videos.is_finished());
+        let steps = bars.steps.as_ref().expect("a bar of steps once training has stepped");
+        assert_eq!((steps.position(), steps.length()), (10, Some(40)));
+        assert_eq!(steps.message(), "| epoch 3, loss 3.2199, 12.5 samples/s");
+        run.record_step(step(11, 3.0));
+        bars.update(&run);
+        let steps = bars.steps.clone().unwrap();
+        assert_eq!((steps.position(), steps.message()), (11, "| epoch 3, loss 3.0000, 12.5 samples/s".to_string()));
+        run.record_step(step(40, 1.5));
+        bars.finish(&run);
+        assert!(steps.is_finished());
+        assert_eq!(steps.position(), 40);
     }
 
     #[test]
