@@ -163,7 +163,8 @@ def main():
                 importlib.import_module("torch")
             version = getattr(mod, "__version__", "?")
         except Exception as e:  # an unavailable peer is a result, not a failure
-            print(json.dumps({"peer": name, "available": False, "reason": f"{type(e).__name__}: {e}"}), flush=True)
+            reason = f"{type(e).__name__}: {e} (scripts/setup.sh --bench installs the peers)"
+            print(json.dumps({"peer": name, "available": False, "reason": reason}), flush=True)
             continue
         times = []
         clips = frames = 0

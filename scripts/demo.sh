@@ -3,6 +3,8 @@
 # demo videos with their narration, pre-trains LocVTP on them, evaluates the
 # checkpoint against random weights, and extracts clip features of the
 # held-out videos with it. Extra arguments go to every `run` (e.g. -w 2).
+# (`locvtp-flow bench` compares with Python decoders the demo does not need:
+# scripts/setup.sh --bench installs them.)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

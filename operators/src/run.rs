@@ -58,6 +58,24 @@ pub struct RunShared {
     skipped_files: Mutex<BTreeMap<String, SkippedFiles>>,
     /// What the training data hash to, once the sampler knows it.
     data_fingerprint: Mutex<Option<String>>,
+    /// The last training step, once there is one.
+    training: Mutex<Option<TrainingProgress>>,
+}
+
+/// Where training stands after a step: what the progress display shows.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainingProgress {
+    /// The step's number, from 1, counting the steps of the run this one
+    /// resumed.
+    pub step: u64,
+    /// Steps of the whole run, all epochs.
+    pub steps_total: u64,
+    /// The step's epoch, from 0.
+    pub epoch: u32,
+    /// The step's total loss.
+    pub loss: f64,
+    /// Training samples per second at that step.
+    pub samples_per_s: f64,
 }
 
 /// Input files passed over for one reason: how many, and the first few.
@@ -171,6 +189,16 @@ impl RunShared {
         self.outputs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Records where training stands after a step.
+    pub fn record_step(&self, progress: TrainingProgress) {
+        *self.training.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress);
+    }
+
+    /// The last step recorded with [`RunShared::record_step`], if any.
+    pub fn training(&self) -> Option<TrainingProgress> {
+        *self.training.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// True when a stage of this process failed.
     pub fn failed(&self) -> bool {
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).is_some()
@@ -194,6 +222,16 @@ mod tests {
         assert_eq!(ext.examples.len(), SkippedFiles::EXAMPLES);
         assert_eq!((ext.examples[0].as_str(), ext.examples[9].as_str()), ("/v/f00.txt", "/v/f09.txt"));
         assert_eq!(all["no_video_stream"], SkippedFiles { count: 1, examples: vec!["/v/f00.txt".into()] });
+    }
+
+    #[test]
+    fn the_last_training_step_is_kept() {
+        let run = RunShared::default();
+        assert_eq!(run.training(), None);
+        let step = |step| TrainingProgress { step, steps_total: 8, epoch: 0, loss: 2.5, samples_per_s: 4.0 };
+        run.record_step(step(1));
+        run.record_step(step(2));
+        assert_eq!(run.training(), Some(step(2)));
     }
 
     #[test]

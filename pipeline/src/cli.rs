@@ -158,7 +158,15 @@ fn init_logging() {
         eprintln!("warning: {origin}={spec:?} is not a log filter ({e}); logging at `info`");
         tracing_subscriber::EnvFilter::new("info")
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    // Colours only on a terminal: a log written to a file or a pipe stays
+    // plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .init();
 }
 
 /// A panic is a bug, but a panicking worker thread would leave the others

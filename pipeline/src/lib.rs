@@ -7,7 +7,8 @@
 //!   generic builder of the dataflow;
 //! * [`stage_types`]: one module per stage type;
 //! * [`run`]: the cluster, the run itself, progress and the summary;
-//! * [`cli`]: the command line; [`error`]: failures and their exit codes.
+//! * [`cli`]: the command line; [`error`]: failures and their exit codes;
+//! * [`tensorboard`]: the event files of the training metrics.
 
 pub mod bench;
 pub mod cli;
@@ -19,3 +20,4 @@ pub mod inspect;
 pub mod plot;
 pub mod run;
 pub mod stage_types;
+pub mod tensorboard;

@@ -113,7 +113,7 @@ pub fn ffmpeg(args: &[&str]) {
 }
 
 /// Runs a Python script with the project's virtualenv (`scripts/setup.sh`
-/// installs numpy and h5py there), to read outputs the way users' Python
+/// installs numpy, h5py and tensorboard there), to read outputs the way users' Python
 /// code does; returns its standard output, panicking with its messages if
 /// it fails.
 pub fn python_script(script: &str, args: &[&Path]) -> String {

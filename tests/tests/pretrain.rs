@@ -3,7 +3,7 @@
 //! extract graph unchanged.
 
 use locvtp_media::synth::{narration_webvtt, write_video, Background, Colour, Motion, Scene, Shape, SynthSpec};
-use locvtp_tests::{extract_graph, repo, run_flow};
+use locvtp_tests::{extract_graph, python_script, repo, run_flow};
 use std::path::Path;
 
 fn make_dataset(root: &Path) {
@@ -154,6 +154,30 @@ fn pretraining_trains_checkpoints_resumes_and_feeds_extraction() {
         assert_eq!(a["step"], b["step"]);
         let (x, y) = (a["total"].as_f64().unwrap(), b["total"].as_f64().unwrap());
         assert!((x - y).abs() <= 1e-5 * x.abs(), "step {}: {x} vs {y}", a["step"]);
+    }
+    // TensorBoard, reading the event files of both runs, sees every step
+    // once with the losses and learning rates of metrics.jsonl.
+    let tensorboard = split_out.join("tensorboard");
+    assert_eq!(std::fs::read_dir(&tensorboard).unwrap().count(), 2, "one event file per run");
+    let read = python_script(
+        r#"
+import json, sys
+from tensorboard.backend.event_processing import event_accumulator as ea
+acc = ea.EventAccumulator(sys.argv[1], size_guidance={ea.SCALARS: 0})
+acc.Reload()
+print(json.dumps({t: [[e.step, e.value] for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}))
+"#,
+        &[&tensorboard],
+    );
+    let scalars: serde_json::Value = serde_json::from_str(read.trim()).unwrap();
+    for (tag, key) in [("loss/total", "total"), ("loss/splice", "splice"), ("train/lr", "lr")] {
+        let points = scalars[tag].as_array().unwrap_or_else(|| panic!("{tag} in {scalars}"));
+        assert_eq!(points.len(), resumed.len(), "{tag}: {points:?}");
+        for (point, line) in points.iter().zip(&resumed) {
+            assert_eq!(point[0], line["step"], "{tag}");
+            let want = line[key].as_f64().unwrap() as f32;
+            assert_eq!(point[1].as_f64().unwrap() as f32, want, "{tag} at step {}", line["step"]);
+        }
     }
 
     // The checkpoint feeds the extract graph as it is.

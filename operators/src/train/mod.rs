@@ -99,6 +99,17 @@ impl StepReport {
     pub fn total(&self) -> f64 {
         self.terms.iter().find(|(k, _)| k == "total").map(|t| t.1).unwrap_or(f64::NAN)
     }
+
+    /// What the progress display shows of this step.
+    pub fn progress(&self) -> crate::run::TrainingProgress {
+        crate::run::TrainingProgress {
+            step: self.at.step + 1,
+            steps_total: self.at.steps_total,
+            epoch: self.at.epoch,
+            loss: self.total(),
+            samples_per_s: self.samples_per_s,
+        }
+    }
 }
 
 /// Why the training state was copied after a step.

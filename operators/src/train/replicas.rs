@@ -50,6 +50,7 @@ pub(super) fn check<'s>(
                         continue;
                     }
                     let step = reports[0].at.step;
+                    run.record_step(reports[0].progress());
                     let mut session = output.session(&cap);
                     session.give(TrainEvent::Step(reports.swap_remove(0)));
                     let mut sh = shared.borrow_mut();

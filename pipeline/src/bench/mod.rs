@@ -70,7 +70,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     repeat: usize,
     /// Python with torch and the peers installed (default: .venv/bin/python,
-    /// else python3).
+    /// else python3; `scripts/setup.sh --bench` installs the peers there).
     #[arg(long)]
     python: Option<PathBuf>,
     /// Leave out the Python peers.

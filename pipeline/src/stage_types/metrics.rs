@@ -1,9 +1,11 @@
 //! `metrics`: one JSON line per training step (every loss term, the
-//! learning rate, samples/s, the data-wait share) in `metrics.jsonl`, and
-//! the loss curve redrawn at every epoch end.
+//! learning rate, samples/s, the data-wait share) in `metrics.jsonl`, the
+//! same scalars in TensorBoard event files, and the loss curve redrawn at
+//! every epoch end.
 
 use crate::engine::{BuildContext, BuildError, Built, Checks, DataKind, Inputs, Port, PrepareContext, StageType};
 use crate::graph::PathResolver;
+use crate::tensorboard::EventWriter;
 use locvtp_operators::train::{StepReport, TrainEvent};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -21,11 +23,19 @@ pub struct Metrics {
     pub path: PathBuf,
     /// Loss-curve picture (PNG), relative to `run.output_dir`.
     pub plot: PathBuf,
+    /// Folder of TensorBoard event files, relative to `run.output_dir`
+    /// (`tensorboard --logdir` it): each run adds a file, and the steps a
+    /// resumed run trains again replace those of the run it resumed.
+    pub tensorboard: PathBuf,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics { path: PathBuf::from("metrics.jsonl"), plot: PathBuf::from("loss.png") }
+        Metrics {
+            path: PathBuf::from("metrics.jsonl"),
+            plot: PathBuf::from("loss.png"),
+            tensorboard: PathBuf::from("tensorboard"),
+        }
     }
 }
 
@@ -40,6 +50,22 @@ pub fn metrics_line(r: &StepReport) -> serde_json::Value {
         line[k.as_str()] = serde_json::json!(v);
     }
     line
+}
+
+/// One step's TensorBoard scalars: `loss/<term>` for every loss term, and
+/// `train/lr`, `train/samples_per_s`, `train/data_wait_share`.
+pub fn tensorboard_scalars(r: &StepReport) -> Vec<(String, f32)> {
+    let mut scalars: Vec<(String, f32)> = r.terms.iter().map(|(k, v)| (format!("loss/{k}"), *v as f32)).collect();
+    scalars.push(("train/lr".into(), r.lr as f32));
+    scalars.push(("train/samples_per_s".into(), r.samples_per_s as f32));
+    scalars.push(("train/data_wait_share".into(), r.data_wait_share as f32));
+    scalars
+}
+
+fn write_scalars(writer: &mut EventWriter, r: &StepReport) -> std::io::Result<()> {
+    let scalars = tensorboard_scalars(r);
+    let named: Vec<(&str, f32)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    writer.scalars((r.at.step + 1) as i64, &named)
 }
 
 /// Keeps the lines of steps up to `step` (1-based): a resumed run trains
@@ -78,10 +104,11 @@ impl StageType for Metrics {
     fn resolve_paths(&mut self, paths: &PathResolver<'_>) {
         paths.output(&mut self.path);
         paths.output(&mut self.plot);
+        paths.output(&mut self.tensorboard);
     }
 
     fn outputs(&self) -> Vec<(&'static str, &Path)> {
-        vec![("path", &self.path), ("plot", &self.plot)]
+        vec![("path", &self.path), ("plot", &self.plot), ("tensorboard", &self.tensorboard)]
     }
 
     fn prepare(&self, _ctx: &PrepareContext<'_>, _checks: &mut Checks) -> Option<()> {
@@ -96,6 +123,8 @@ impl StageType for Metrics {
     ) -> Result<Built<'s>, BuildError> {
         let events = inputs.take::<TrainEvent>(0)?;
         let (path, plot, stage, run) = (self.path.clone(), self.plot.clone(), ctx.stage.name.clone(), ctx.run.clone());
+        let tensorboard = self.tensorboard.clone();
+        let mut events_file: Option<EventWriter> = None;
         let mut first = true;
         let mut plotted = true;
         events.sink(Pipeline, "Metrics", move |(input, frontier)| {
@@ -106,12 +135,32 @@ impl StageType for Metrics {
                         if let Err(e) = keep_steps_up_to(&path, report.at.step) {
                             tracing::warn!("{}: {e:#}", path.display());
                         }
-                        run.record_output(&stage, serde_json::json!({ "path": path.display().to_string(), "plot": plot.display().to_string() }));
+                        match EventWriter::create(&tensorboard, (report.at.step + 1) as i64) {
+                            Ok(w) => events_file = Some(w),
+                            Err(e) => run.fail(&stage, format!("{}: {e}", tensorboard.display())),
+                        }
+                        run.record_output(
+                            &stage,
+                            serde_json::json!({
+                                "path": path.display().to_string(),
+                                "plot": plot.display().to_string(),
+                                "tensorboard": tensorboard.display().to_string(),
+                            }),
+                        );
                     }
                     if let Err(e) = append_line(&path, &metrics_line(&report)) {
                         run.fail(&stage, format!("{}: {e}", path.display()));
                     }
-                    tracing::info!(
+                    if let Some(w) = events_file.as_mut() {
+                        let written = write_scalars(w, &report);
+                        if let Err(e) = written.and_then(|()| if report.at.epoch_end { w.sync() } else { Ok(()) }) {
+                            run.fail(&stage, format!("{}: {e}", w.path().display()));
+                            events_file = None;
+                        }
+                    }
+                    // The progress display reports training; each step is
+                    // here for a closer look.
+                    tracing::debug!(
                         "step {}/{} epoch {} loss {:.4}",
                         report.at.step + 1,
                         report.at.steps_total,
@@ -128,6 +177,11 @@ impl StageType for Metrics {
             if frontier.is_empty() && !plotted {
                 redraw(&path, &plot);
                 plotted = true;
+                if let Some(w) = events_file.as_mut() {
+                    if let Err(e) = w.sync() {
+                        tracing::warn!("{}: {e}", w.path().display());
+                    }
+                }
             }
         });
         Ok(None)
@@ -151,8 +205,8 @@ mod tests {
             lr: 0.1,
             samples: 8,
             terms: vec![("total".into(), total)],
-            samples_per_s: 1.0,
-            data_wait_share: 0.0,
+            samples_per_s: 8.0,
+            data_wait_share: 0.25,
             text_encoder_forwards: 0,
             worker: 0,
             checksum: vec![],
@@ -197,5 +251,24 @@ mod tests {
         assert_eq!(lines[2]["step"], 3);
         assert_eq!(lines[2]["total"], 1.0);
         assert!(t.path("out/loss.png").exists());
+
+        // TensorBoard reads the same steps and values back.
+        let scalars = crate::tensorboard::read_with_tensorboard(&t.path("out/tensorboard"));
+        let mut tags: Vec<&str> = scalars.as_object().unwrap().keys().map(String::as_str).collect();
+        tags.sort();
+        assert_eq!(tags, ["loss/total", "train/data_wait_share", "train/lr", "train/samples_per_s"]);
+        assert_eq!(scalars["loss/total"], serde_json::json!([[1, 3.0], [2, 2.0], [3, 1.0]]));
+        let lr = f64::from(0.1f32);
+        assert_eq!(scalars["train/lr"], serde_json::json!([[1, lr], [2, lr], [3, lr]]));
+        assert_eq!(scalars["train/samples_per_s"], serde_json::json!([[1, 8.0], [2, 8.0], [3, 8.0]]));
+        assert_eq!(scalars["train/data_wait_share"], serde_json::json!([[1, 0.25], [2, 0.25], [3, 0.25]]));
+    }
+
+    #[test]
+    fn every_loss_term_is_a_scalar() {
+        let mut r = report(4, 2.0);
+        r.terms.push(("coarse".into(), 0.5));
+        let tags: Vec<String> = tensorboard_scalars(&r).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(tags, ["loss/total", "loss/coarse", "train/lr", "train/samples_per_s", "train/data_wait_share"]);
     }
 }
