@@ -18,7 +18,7 @@ use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,7 +49,7 @@ fn key_of(text: &str) -> u64 {
     u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
-fn encode_record(text: &str, e: &Entry) -> Result<Vec<u8>> {
+fn encode_record(text: &str, e: &Entry, zstd: &mut zstd::bulk::Compressor<'static>) -> Result<Vec<u8>> {
     let mut raw = Vec::with_capacity(12 + text.len() + 4 * (e.sentence.len() + e.words.len()));
     raw.extend_from_slice(&(text.len() as u32).to_le_bytes());
     raw.extend_from_slice(text.as_bytes());
@@ -58,11 +58,13 @@ fn encode_record(text: &str, e: &Entry) -> Result<Vec<u8>> {
     for v in e.sentence.iter().chain(&e.words) {
         raw.extend_from_slice(&v.to_le_bytes());
     }
-    Ok(zstd::bulk::compress(&raw, 1)?)
+    Ok(zstd.compress(&raw)?)
 }
 
-fn decode_record(bytes: &[u8], text: &str) -> Option<Entry> {
-    let raw = zstd::stream::decode_all(bytes).ok()?;
+fn decode_record(bytes: &[u8], text: &str, zstd: &mut zstd::bulk::Decompressor<'static>) -> Option<Entry> {
+    // Records carry their size in the frame header.
+    let size = zstd::zstd_safe::get_frame_content_size(bytes).ok()??;
+    let raw = zstd.decompress(bytes, usize::try_from(size).ok()?).ok()?;
     let u32_at = |at: usize| raw.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
     let len = u32_at(0)?;
     if raw.get(4..4 + len)? != text.as_bytes() {
@@ -109,7 +111,7 @@ impl Segment {
         (word(0), word(8), word(16) as u32)
     }
 
-    fn get(&self, key: u64, text: &str) -> Option<Entry> {
+    fn get(&self, key: u64, text: &str, zstd: &mut zstd::bulk::Decompressor<'static>) -> Option<Entry> {
         let (mut lo, mut hi) = (0, self.entries());
         while lo < hi {
             let mid = (lo + hi) / 2;
@@ -125,7 +127,7 @@ impl Segment {
                 return None;
             }
             let bytes = self.data.get(offset as usize..offset as usize + len as usize)?;
-            if let Some(e) = decode_record(bytes, text) {
+            if let Some(e) = decode_record(bytes, text, zstd) {
                 return Some(e);
             }
             lo += 1;
@@ -137,7 +139,7 @@ impl Segment {
 /// This process's segment being written.
 struct OpenSegment {
     path: PathBuf,
-    file: File,
+    file: BufWriter<File>,
     len: u64,
     index: Vec<(u64, u64, u32)>,
 }
@@ -153,6 +155,10 @@ pub struct TextStore {
     /// A name for this process's segments.
     writer: String,
     sealed_by_me: usize,
+    // zstd contexts are reused: making one per record costs more than
+    // compressing it.
+    compressor: zstd::bulk::Compressor<'static>,
+    decompressor: zstd::bulk::Decompressor<'static>,
 }
 
 impl TextStore {
@@ -182,6 +188,8 @@ impl TextStore {
             recent: lru::LruCache::new(NonZeroUsize::new(RECENT).expect("not zero")),
             writer: format!("{nanos:x}-{}-{nth}", std::process::id()),
             sealed_by_me: 0,
+            compressor: zstd::bulk::Compressor::new(1)?,
+            decompressor: zstd::bulk::Decompressor::new()?,
         })
     }
 
@@ -195,18 +203,21 @@ impl TextStore {
             .unsealed
             .get(&key)
             .and_then(|v| v.iter().find(|(t, _)| t == text).map(|(_, e)| e.clone()))
-            .or_else(|| self.sealed.iter().rev().find_map(|s| s.get(key, text)).map(Arc::new))?;
+            .or_else(|| {
+                let zstd = &mut self.decompressor;
+                self.sealed.iter().rev().find_map(|s| s.get(key, text, zstd)).map(Arc::new)
+            })?;
         self.recent.put(text.to_string(), found.clone());
         Some(found)
     }
 
     /// Adds `entry` for `text` to this process's open segment.
     pub fn put(&mut self, text: &str, entry: Entry) -> Result<Arc<Entry>> {
-        let record = encode_record(text, &entry)?;
+        let record = encode_record(text, &entry, &mut self.compressor)?;
         if self.open.is_none() {
             let path = self.dir.join(format!("{}-{:04}.dat", self.writer, self.sealed_by_me));
             let file = OpenOptions::new().create_new(true).write(true).open(&path)?;
-            self.open = Some(OpenSegment { path, file, len: 0, index: Vec::new() });
+            self.open = Some(OpenSegment { path, file: BufWriter::new(file), len: 0, index: Vec::new() });
         }
         let seg = self.open.as_mut().expect("opened above");
         seg.file.write_all(&record)?;
@@ -226,7 +237,8 @@ impl TextStore {
     /// and both files are mapped for reading.
     pub fn seal(&mut self) -> Result<()> {
         let Some(mut seg) = self.open.take() else { return Ok(()) };
-        seg.file.sync_data()?;
+        seg.file.flush()?;
+        seg.file.get_ref().sync_data()?;
         seg.index.sort_unstable();
         let mut bytes = Vec::with_capacity(8 + 24 * seg.index.len());
         bytes.extend_from_slice(INDEX_MAGIC);

@@ -127,6 +127,16 @@ impl StageType for SegmentSampler {
         mut inputs: Inputs<'s>,
     ) -> Result<Built<'s>, BuildError> {
         let captions = inputs.take::<VideoCaptions>(0)?;
+        if ctx.index() == 0 && ctx.peers() > cfg.shards as usize {
+            // Shards, not workers, are the unit of data parallelism here.
+            tracing::warn!(
+                "stage `{}`: {} workers but {} shards: {} workers get no data; raise `shards` (it fixes the steps, so choose it once per run)",
+                cfg.stage,
+                ctx.peers(),
+                cfg.shards,
+                ctx.peers() - cfg.shards as usize
+            );
+        }
         let (samples, errors) = sample(captions, (*cfg).clone(), ctx.flow(), ctx.run.clone());
         ctx.report_errors(errors);
         Ok(Some(Sample::wrap(samples)))
