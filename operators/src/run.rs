@@ -20,6 +20,12 @@ pub struct FatalError {
     pub message: String,
 }
 
+/// The failure of `stage` with `message`: the one place this crate builds
+/// a [`FatalError`].
+fn fatal_error(stage: impl Into<String>, message: impl Into<String>) -> FatalError {
+    FatalError { stage: stage.into(), message: message.into() }
+}
+
 /// Why a run stops before its input is exhausted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StopCause {
@@ -46,6 +52,32 @@ pub struct RunShared {
     outputs: Mutex<BTreeMap<String, serde_json::Value>>,
     /// Input files that sources passed over, by reason.
     skipped_files: Mutex<BTreeMap<String, SkippedFiles>>,
+    /// Outputs complete under temporary names, put in place only once the
+    /// whole run has succeeded (see [`RunShared::settle_outputs`]).
+    pending: Mutex<Vec<PendingOutput>>,
+}
+
+/// An output a stage has completed and checked, waiting to replace what
+/// its path holds until the run as a whole is known to have succeeded: a
+/// run that fails or is interrupted after its writer finished (a failure
+/// in another stage or process, `--strict` with failed items) leaves the
+/// path as an earlier run left it.
+pub struct PendingOutput {
+    /// The stage that wrote it.
+    pub stage: String,
+    /// What the summary says about the output once it is in place.
+    pub committed: serde_json::Value,
+    /// What the summary says when the run does not succeed (where the
+    /// finished work is kept for the next run).
+    pub kept: serde_json::Value,
+    /// Puts the output in place.
+    pub commit: Box<dyn FnOnce() -> anyhow::Result<()> + Send>,
+}
+
+impl std::fmt::Debug for PendingOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingOutput").field("stage", &self.stage).field("committed", &self.committed).finish()
+    }
 }
 
 /// Input files passed over for one reason: how many, and the first few.
@@ -103,7 +135,7 @@ impl RunShared {
         if fatal.is_none() {
             let message = cause.to_string();
             tracing::error!("stage `{stage}` failed: {message}");
-            *fatal = Some(FatalError { stage: stage.to_string(), message });
+            *fatal = Some(fatal_error(stage, message));
         }
         drop(fatal);
         self.request_stop(StopCause::Failure);
@@ -144,6 +176,36 @@ impl RunShared {
     pub fn failed(&self) -> bool {
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
+
+    /// Holds `output` until [`RunShared::settle_outputs`].
+    pub fn defer_output(&self, output: PendingOutput) {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push(output);
+    }
+
+    /// Once the run's outcome is known: when it `succeeded`, puts every
+    /// pending output in place and records it for the summary; otherwise
+    /// drops them (their temporary files go, the finished work stays where
+    /// the next run resumes from) and records what is kept. Returns the
+    /// first output that could not be put in place, as the run's failure.
+    pub fn settle_outputs(&self, succeeded: bool) -> Option<FatalError> {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut failure = None;
+        for output in pending {
+            if !succeeded {
+                self.record_output(&output.stage, output.kept);
+                continue;
+            }
+            match (output.commit)() {
+                Ok(()) => self.record_output(&output.stage, output.committed),
+                Err(e) => {
+                    tracing::error!("stage `{}`: {e:#}", output.stage);
+                    self.record_output(&output.stage, output.kept);
+                    failure.get_or_insert(fatal_error(output.stage, format!("{e:#}")));
+                }
+            }
+        }
+        failure
+    }
 }
 
 #[cfg(test)]
@@ -175,5 +237,44 @@ mod tests {
         assert!(run.stopping());
         assert_eq!(run.stop_cause(), Some(StopCause::Signal(15)));
         assert_eq!(run.fatal().unwrap(), FatalError { stage: "encode".into(), message: "out of memory".into() });
+    }
+
+    fn pending(stage: &str, fails: bool, log: &std::sync::Arc<Mutex<Vec<String>>>) -> PendingOutput {
+        let log = log.clone();
+        let name = stage.to_string();
+        PendingOutput {
+            stage: stage.into(),
+            committed: serde_json::json!({ "path": stage }),
+            kept: serde_json::json!({ "kept": stage }),
+            commit: Box::new(move || {
+                if fails {
+                    anyhow::bail!("{name}: disk full");
+                }
+                log.lock().unwrap().push(name);
+                Ok(())
+            }),
+        }
+    }
+
+    #[test]
+    fn pending_outputs_go_in_place_only_when_the_run_succeeded() {
+        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let run = RunShared::default();
+        run.defer_output(pending("a", false, &log));
+        assert_eq!(run.settle_outputs(false), None);
+        assert!(log.lock().unwrap().is_empty(), "nothing is put in place for a failed run");
+        assert_eq!(run.outputs()["a"], serde_json::json!({ "kept": "a" }));
+
+        let run = RunShared::default();
+        run.defer_output(pending("a", false, &log));
+        run.defer_output(pending("b", true, &log));
+        run.defer_output(pending("c", false, &log));
+        let failure = run.settle_outputs(true).expect("b cannot be put in place");
+        assert_eq!(failure, fatal_error("b", "b: disk full"));
+        assert_eq!(*log.lock().unwrap(), ["a", "c"]);
+        let outputs = run.outputs();
+        assert_eq!(outputs["a"], serde_json::json!({ "path": "a" }));
+        assert_eq!(outputs["b"], serde_json::json!({ "kept": "b" }));
+        assert_eq!(run.settle_outputs(true), None, "each output is settled once");
     }
 }

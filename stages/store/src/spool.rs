@@ -2,6 +2,12 @@
 //! `b"LVF1" | u32 length | u32 crc32 | zstd(payload)`; a reader takes every
 //! complete, intact record and stops at the first torn one, so a crash loses
 //! at most the record being written.
+//!
+//! The file starts with a header, `b"LVH1" | u32 length | u32 crc32 |
+//! payload`, written when the spool is created: what produced its records
+//! (the writer stores the features' fingerprint there), so that a run that
+//! would resume with other settings can tell before it mixes its videos
+//! with the spooled ones. Spools written before headers existed have none.
 
 use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions};
@@ -9,6 +15,7 @@ use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 4] = b"LVF1";
+const HEADER: &[u8; 4] = b"LVH1";
 
 /// One video's features.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,20 +83,23 @@ pub struct RecordRef {
 
 impl Spool {
     /// Opens (or creates) the spool and returns the records already in it.
-    /// A torn tail from a crash is cut off so that appends start clean.
-    pub fn open(path: &Path) -> Result<(Spool, Vec<SpoolRecord>)> {
+    /// A torn tail from a crash is cut off so that appends start clean. A
+    /// new spool (or one without an intact record or header) starts with
+    /// `header`; an existing one keeps its own, which the caller compares
+    /// first (see [`read_header`]).
+    pub fn open(path: &Path, header: &[u8]) -> Result<(Spool, Vec<SpoolRecord>)> {
         let (records, valid_len) = if path.exists() { read_records(path)? } else { (Vec::new(), 0) };
-        Ok((Spool::open_at(path, valid_len)?, records))
+        Ok((Spool::open_at(path, valid_len, header)?, records))
     }
 
     /// Like [`Spool::open`], but returns only where the earlier records are,
     /// so that memory does not grow with the features already spooled.
-    pub fn open_index(path: &Path) -> Result<(Spool, Vec<RecordRef>)> {
+    pub fn open_index(path: &Path, header: &[u8]) -> Result<(Spool, Vec<RecordRef>)> {
         let (index, valid_len) = if path.exists() { read_index(path)? } else { (Vec::new(), 0) };
-        Ok((Spool::open_at(path, valid_len)?, index))
+        Ok((Spool::open_at(path, valid_len, header)?, index))
     }
 
-    fn open_at(path: &Path, valid_len: u64) -> Result<Spool> {
+    fn open_at(path: &Path, valid_len: u64, header: &[u8]) -> Result<Spool> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
         }
@@ -102,14 +112,24 @@ impl Spool {
             .with_context(|| format!("{}: cannot open for writing", path.display()))?;
         file.set_len(valid_len)?;
         file.seek(SeekFrom::End(0))?;
-        Ok(Spool { path: path.to_path_buf(), file, len: valid_len })
+        let mut spool = Spool { path: path.to_path_buf(), file, len: valid_len };
+        if valid_len == 0 {
+            spool.write_framed(HEADER, header.to_vec())?;
+        }
+        Ok(spool)
     }
 
     /// Appends one record and makes it durable before returning.
     pub fn append(&mut self, record: &SpoolRecord) -> Result<()> {
         let payload = zstd::bulk::compress(&record.encode(), 1)?;
+        self.write_framed(MAGIC, payload)
+    }
+
+    /// Writes `magic | length | crc32 | payload` durably, or leaves the file
+    /// as it was.
+    fn write_framed(&mut self, magic: &[u8; 4], payload: Vec<u8>) -> Result<()> {
         let mut buf = Vec::with_capacity(payload.len() + 12);
-        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(magic);
         buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         buf.extend_from_slice(&payload);
@@ -128,10 +148,10 @@ impl Spool {
     }
 }
 
-/// Every intact record, and the byte length they span.
+/// Every intact record, and the byte length they span (header included).
 pub fn read_records(path: &Path) -> Result<(Vec<SpoolRecord>, u64)> {
     let mut out = Vec::new();
-    let valid = scan(path, |_, rec| out.push(rec))?;
+    let (_, valid) = scan(path, |_, rec| out.push(rec))?;
     Ok((out, valid))
 }
 
@@ -139,9 +159,16 @@ pub fn read_records(path: &Path) -> Result<(Vec<SpoolRecord>, u64)> {
 /// span. Records are checked as [`read_records`] checks them, but only one
 /// is held in memory at a time.
 pub fn read_index(path: &Path) -> Result<(Vec<RecordRef>, u64)> {
+    let (_, index, valid) = read_header_and_index(path)?;
+    Ok((index, valid))
+}
+
+/// The spool's header (`None` for a spool written before headers existed,
+/// or one whose header a crash tore), and [`read_index`]'s answer.
+pub fn read_header_and_index(path: &Path) -> Result<(Option<Vec<u8>>, Vec<RecordRef>, u64)> {
     let mut out = Vec::new();
-    let valid = scan(path, |offset, rec| out.push(RecordRef { video_id: rec.video_id, offset }))?;
-    Ok((out, valid))
+    let (header, valid) = scan(path, |offset, rec| out.push(RecordRef { video_id: rec.video_id, offset }))?;
+    Ok((header, out, valid))
 }
 
 /// Reads the record that starts at `offset` (from [`read_index`]).
@@ -156,6 +183,7 @@ pub fn read_record_at(file: &mut File, offset: u64) -> Result<SpoolRecord> {
 
 enum Next {
     Record(SpoolRecord, u64),
+    Header(Vec<u8>, u64),
     End,
     NotASpool,
 }
@@ -167,7 +195,8 @@ fn next_record(r: &mut impl Read, room: u64) -> Result<Next> {
     if r.read_exact(&mut head).is_err() {
         return Ok(Next::End);
     }
-    if &head[..4] != MAGIC {
+    let is_header = &head[..4] == HEADER;
+    if &head[..4] != MAGIC && !is_header {
         return Ok(Next::NotASpool);
     }
     let len = u32::from_le_bytes(head[4..8].try_into().unwrap()) as u64;
@@ -179,27 +208,38 @@ fn next_record(r: &mut impl Read, room: u64) -> Result<Next> {
     if r.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
         return Ok(Next::End);
     }
+    if is_header {
+        return Ok(Next::Header(payload, 12 + len));
+    }
     let Ok(raw) = zstd::stream::decode_all(payload.as_slice()) else { return Ok(Next::End) };
     let Some(rec) = SpoolRecord::decode(&raw) else { return Ok(Next::End) };
     Ok(Next::Record(rec, 12 + len))
 }
 
-fn scan(path: &Path, mut each: impl FnMut(u64, SpoolRecord)) -> Result<u64> {
+/// Calls `each` with every intact record and its offset; returns the
+/// header and the byte length of the intact prefix.
+fn scan(path: &Path, mut each: impl FnMut(u64, SpoolRecord)) -> Result<(Option<Vec<u8>>, u64)> {
     let f = File::open(path).with_context(|| format!("{}: cannot read spool", path.display()))?;
     let size = f.metadata()?.len();
     let mut r = BufReader::new(f);
     let mut valid = 0u64;
+    let mut header = None;
     loop {
         match next_record(&mut r, size - valid)? {
             Next::Record(rec, n) => {
                 each(valid, rec);
                 valid += n;
             }
+            Next::Header(payload, n) if valid == 0 => {
+                header = Some(payload);
+                valid += n;
+            }
             Next::NotASpool if valid == 0 => bail!("{}: not a feature spool", path.display()),
-            Next::NotASpool | Next::End => break,
+            // A header anywhere but at the start is damage, like a torn record.
+            Next::Header(..) | Next::NotASpool | Next::End => break,
         }
     }
-    Ok(valid)
+    Ok((header, valid))
 }
 
 #[cfg(test)]
@@ -215,7 +255,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(".f.h5.spool");
         {
-            let (mut s, old) = Spool::open(&path).unwrap();
+            let (mut s, old) = Spool::open(&path, b"h").unwrap();
             assert!(old.is_empty());
             s.append(&rec("a", 1.0)).unwrap();
             s.append(&rec("b", 2.0)).unwrap();
@@ -225,7 +265,7 @@ mod tests {
         let mut torn = full.clone();
         torn.extend_from_slice(b"LVF1\x40\x00\x00\x00garbage");
         std::fs::write(&path, &torn).unwrap();
-        let (mut s, old) = Spool::open(&path).unwrap();
+        let (mut s, old) = Spool::open(&path, b"h").unwrap();
         assert_eq!(old, vec![rec("a", 1.0), rec("b", 2.0)]);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), full.len() as u64);
         s.append(&rec("c", 3.0)).unwrap();
@@ -237,7 +277,7 @@ mod tests {
     fn the_index_finds_each_record_and_ignores_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
-        let (mut s, _) = Spool::open(&path).unwrap();
+        let (mut s, _) = Spool::open(&path, b"h").unwrap();
         s.append(&rec("a", 1.0)).unwrap();
         s.append(&rec("b", 2.0)).unwrap();
         drop(s);
@@ -253,7 +293,7 @@ mod tests {
         assert_eq!(read_record_at(&mut f, index[1].offset).unwrap(), rec("b", 2.0));
         assert_eq!(read_record_at(&mut f, index[0].offset).unwrap(), rec("a", 1.0));
         assert!(read_record_at(&mut f, 3).is_err());
-        let (mut s, ids) = Spool::open_index(&path).unwrap();
+        let (mut s, ids) = Spool::open_index(&path, b"h").unwrap();
         assert_eq!(ids, index);
         s.append(&rec("c", 3.0)).unwrap();
         assert_eq!(read_index(&path).unwrap().0.len(), 3);
@@ -263,7 +303,7 @@ mod tests {
     fn a_corrupted_record_ends_the_readable_prefix() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
-        let (mut s, _) = Spool::open(&path).unwrap();
+        let (mut s, _) = Spool::open(&path, b"h").unwrap();
         s.append(&rec("a", 1.0)).unwrap();
         let first = std::fs::metadata(&path).unwrap().len() as usize;
         s.append(&rec("b", 2.0)).unwrap();
@@ -274,5 +314,42 @@ mod tests {
         let (recs, valid) = read_records(&path).unwrap();
         assert_eq!(recs.len(), 1);
         assert_eq!(valid as usize, first);
+    }
+
+    #[test]
+    fn the_header_is_written_once_and_a_spool_without_one_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let (mut s, _) = Spool::open_index(&path, b"first run").unwrap();
+        s.append(&rec("a", 1.0)).unwrap();
+        drop(s);
+        // Reopened with another header: the spool keeps the one its records
+        // were written under (the caller compares them before opening).
+        let (mut s, index) = Spool::open_index(&path, b"second run").unwrap();
+        assert_eq!(index.len(), 1);
+        s.append(&rec("b", 2.0)).unwrap();
+        let (header, index, _) = read_header_and_index(&path).unwrap();
+        assert_eq!(header.as_deref(), Some(&b"first run"[..]));
+        assert_eq!(index.iter().map(|r| r.video_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+
+        // A spool of records only, as written before headers existed.
+        let bytes = std::fs::read(&path).unwrap();
+        let header_len = 12 + b"first run".len();
+        let legacy = dir.path().join("legacy");
+        std::fs::write(&legacy, &bytes[header_len..]).unwrap();
+        let (header, index, valid) = read_header_and_index(&legacy).unwrap();
+        assert_eq!((header, index.len(), valid as usize), (None, 2, bytes.len() - header_len));
+        assert_eq!(read_records(&legacy).unwrap().0, vec![rec("a", 1.0), rec("b", 2.0)]);
+
+        // A crash while the header was written leaves nothing to keep: the
+        // spool starts again with the new header.
+        let torn = dir.path().join("torn");
+        std::fs::write(&torn, &bytes[..header_len - 3]).unwrap();
+        assert_eq!(read_header_and_index(&torn).unwrap(), (None, vec![], 0));
+        let (mut s, index) = Spool::open_index(&torn, b"new").unwrap();
+        assert!(index.is_empty());
+        s.append(&rec("c", 3.0)).unwrap();
+        let (header, index, _) = read_header_and_index(&torn).unwrap();
+        assert_eq!((header.as_deref(), index.len()), (Some(&b"new"[..]), 1));
     }
 }
