@@ -51,7 +51,7 @@ pub use messages::{
     CaptionSpan, ClipMsg, ErrorStage, FeatureMsg, FrameMsg, ItemError, Narration, Reason, VideoCaptions, VideoItem,
     VideoMeta,
 };
-pub use run::{FatalError, PendingOutput, RunShared, SkippedFiles, StopCause};
+pub use run::{catch_panic, panic_is_caught, FatalError, PendingOutput, RunShared, SkippedFiles, StopCause};
 pub use stats::{Counts, RunStats};
 
 /// The decoder threads of an operator are gone (they only stop when their

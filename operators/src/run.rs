@@ -26,6 +26,49 @@ fn fatal_error(stage: impl Into<String>, message: impl Into<String>) -> FatalErr
     FatalError { stage: stage.into(), message: message.into() }
 }
 
+/// Runs `f`, turning a panic into an error that carries the panic's
+/// message. tch reports libtorch's errors (CUDA out of memory, a shape the
+/// model cannot take) by panicking; caught here, they reach the driver as a
+/// [`FatalError`] of the stage, with the operator's context, instead of
+/// taking a worker or a model thread down with nothing but a backtrace.
+/// The caller stops using what `f` touched once it has failed.
+pub fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    CATCHING.with(|depth| depth.set(depth.get() + 1));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|depth| depth.set(depth.get() - 1));
+    result.map_err(|payload| {
+        let message = match (payload.downcast_ref::<String>(), payload.downcast_ref::<&str>()) {
+            (Some(s), _) => s.clone(),
+            (None, Some(s)) => s.to_string(),
+            (None, None) => "a panic without a message".to_string(),
+        };
+        first_lines(&message)
+    })
+}
+
+thread_local! {
+    /// How many [`catch_panic`] calls the thread is inside.
+    static CATCHING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether a panic of the current thread will be caught by
+/// [`catch_panic`] and reported as the run's failure: a panic hook that
+/// ends the process on a panic lets these pass.
+pub fn panic_is_caught() -> bool {
+    CATCHING.with(|depth| depth.get() > 0)
+}
+
+/// libtorch's message on one line, without what tch wraps it in (an
+/// `unwrap` of `Torch("...")`, escaped) and the C++ backtrace that follows
+/// it (`Exception raised from ...`).
+fn first_lines(message: &str) -> String {
+    let message = message.strip_prefix("called `Result::unwrap()` on an `Err` value: ").unwrap_or(message);
+    let message = message.strip_prefix("Torch(\"").unwrap_or(message);
+    let head = message.split("Exception raised from").next().unwrap_or(message);
+    let head = head.replace("\\n", " ");
+    head.split_whitespace().collect::<Vec<_>>().join(" ").trim_end_matches("\")").to_string()
+}
+
 /// Why a run stops before its input is exhausted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StopCause {
@@ -254,6 +297,23 @@ mod tests {
                 Ok(())
             }),
         }
+    }
+
+    #[test]
+    fn a_libtorch_error_becomes_a_message_instead_of_a_panic() {
+        let a = tch::Tensor::zeros([2, 3], (tch::Kind::Float, tch::Device::Cpu));
+        let message = catch_panic(|| a.matmul(&a)).expect_err("shapes [2, 3] and [2, 3] do not multiply");
+        assert!(message.contains("cannot be multiplied") && message.contains("2x3"), "{message}");
+        assert!(!message.contains('\n') && !message.contains("Exception raised from"), "{message}");
+        assert!(message.starts_with("mat1 and mat2 shapes"), "{message}");
+        let wrapped = "called `Result::unwrap()` on an `Err` value: Torch(\"Output size is too small\\nException \
+                       raised from pool3d_shape_check\\nframe #0: ...\")";
+        assert_eq!(first_lines(wrapped), "Output size is too small");
+        assert_eq!(first_lines("Output size is too small"), "Output size is too small");
+        assert_eq!(catch_panic(|| 7), Ok(7));
+        assert_eq!(catch_panic(panic_is_caught), Ok(true));
+        assert!(!panic_is_caught());
+        assert_eq!(catch_panic(|| -> i32 { panic!("plain") }), Err("plain".to_string()));
     }
 
     #[test]

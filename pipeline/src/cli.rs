@@ -167,9 +167,14 @@ fn init_logging() {
 /// waiting forever for its progress: the process ends with exit code 1, and
 /// the processes of a cluster see the connection drop and stop in turn.
 /// (Timely's network threads panic when a peer's connection breaks.)
+/// Panics that an operator catches (libtorch's errors, which tch reports
+/// as panics) pass: the operator fails the run with their message.
 fn exit_on_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        if locvtp_operators::panic_is_caught() {
+            return;
+        }
         default(info);
         let cause = if info.to_string().contains("timely communication error") {
             "a peer process stopped or its connection broke"

@@ -3,7 +3,8 @@
 //! model or preprocessing stops before any work, `check` too), one run at a
 //! time per output folder (a second one stops at once naming the first; a
 //! killed run's lock is taken over), and nothing a finished run wrote is
-//! replaced by a run that fails or is interrupted.
+//! replaced by a run that fails or is interrupted; a model that fails in
+//! the middle of a run stops it with the stage and the cause, not a panic.
 
 use locvtp_store::read_attrs;
 use locvtp_tests::{extract_graph, make_video, read_summary, run_flow, spawn_flow};
@@ -331,4 +332,29 @@ fn a_failing_or_interrupted_run_leaves_the_finished_file_intact() {
     assert_eq!(read_summary(&s.out)["videos"]["skipped"], VIDEOS as u64);
     assert_eq!(bits(&s.h5()), reference);
     assert!(!s.spool().exists() && !blocker.exists());
+}
+
+#[test]
+fn a_model_error_mid_run_fails_it_naming_stage_batch_and_cause_and_keeps_the_earlier_file() {
+    let s = setup(2);
+    let o = s.run(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let finished = std::fs::read(s.h5()).unwrap();
+
+    // The tiny model with 8-frame clips loads, but libtorch refuses its
+    // first batch (pool5 has nothing left to pool over time).
+    let tiny = std::fs::read_to_string(locvtp_tests::repo().join("configs/c3d-tiny.toml")).unwrap();
+    let model = s.dir.path().join("tiny-8-frames.toml");
+    std::fs::write(&model, tiny.replace("frames_per_segment = 16", "frames_per_segment = 8")).unwrap();
+    let model = format!("stages.encode.model={}", model.display());
+    let o = s.run(&["--set", &model, "--set", "stages.clips.clip_frames=8"]);
+    let text = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(text.contains("error: stage `encode`: the encoder failed on a batch of 4 clips of v0"), "{text}");
+    assert!(text.contains("Output size is too small"), "{text}");
+    assert!(!text.contains("panicked") && !text.contains("a worker failed"), "{text}");
+    let summary = read_summary(&s.out);
+    assert_eq!(summary["fatal"]["stage"], "encode", "{summary}");
+    assert!(summary["fatal"]["message"].as_str().unwrap().ends_with("Output size is too small"), "{summary}");
+    assert_eq!(std::fs::read(s.h5()).unwrap(), finished, "the failed run replaced features.h5");
 }

@@ -3,7 +3,7 @@
 use super::reduce::MeanShard;
 use super::{concat_chunks, Shared, Snapshot, SnapshotReason, StepReport, TrainConfig};
 use crate::accumulate::PerTime;
-use crate::run::{RunShared, StopCause};
+use crate::run::{catch_panic, RunShared, StopCause};
 use crate::samples::StepInfo;
 use crate::stats::RunStats;
 use locvtp_model::train::{TrainMeta, TrainingSnapshot, LR_SCHEDULE_KEY};
@@ -75,8 +75,14 @@ pub(super) fn apply<'s>(
                             );
                             return;
                         }
-                        sh.layout.set_gradients(&sh.replica.model, &flat);
-                        sh.replica.adam.step(&sh.replica.model, lr);
+                        let stepped = catch_panic(|| {
+                            sh.layout.set_gradients(&sh.replica.model, &flat);
+                            sh.replica.adam.step(&sh.replica.model, lr);
+                        });
+                        if let Err(e) = stepped {
+                            run.fail(&cfg.stage, format!("step {}: the optimizer step: {e}", at.step + 1));
+                            return;
+                        }
                     }
                     sh.busy += began.elapsed();
                     let samples = shards[0].samples;
