@@ -49,7 +49,7 @@ fn bench_store(c: &mut Criterion) {
             || {
                 let path = dir.path().join("features.spool");
                 let _ = std::fs::remove_file(&path);
-                Spool::open(&path, &run.to_json()).expect("open spool").0
+                Spool::open(&path, &run).expect("open spool").0
             },
             |mut spool| {
                 for r in &recs {

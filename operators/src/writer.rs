@@ -265,6 +265,19 @@ impl Hdf5Store {
     /// checks that it holds every reported video.
     fn assemble(&self) -> anyhow::Result<(locvtp_store::PendingFile, usize)> {
         let (mut index, _) = locvtp_store::spool::read_index(self.spool.path())?;
+        // The file's attributes are true of every video in it: a record that
+        // another run wrote (prepare refuses such spools, so only a spool
+        // changed under this run has one) fails the file.
+        let foreign = locvtp_store::spool::foreign_records(&index, &self.attrs.fingerprint());
+        if !foreign.is_empty() {
+            anyhow::bail!(
+                "{}: {} videos were spooled with other settings than this run's, whose fingerprint the file \
+                 would record: {}",
+                self.spool.path().display(),
+                foreign.len(),
+                foreign.join(", ")
+            );
+        }
         // Sorted by id; a video spooled twice (which a well-formed run never
         // does) keeps its first record rather than failing the whole file.
         index.sort_by(|a, b| a.video_id.cmp(&b.video_id));
@@ -375,5 +388,42 @@ mod tests {
         store.finish("write", &run);
         assert!(run.fatal().is_none(), "{:?}", run.fatal());
         assert_eq!(run.outputs()["write"]["written"], 1);
+    }
+
+    #[test]
+    fn a_file_is_assembled_only_from_records_of_this_runs_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("features.h5");
+        let spool_at = locvtp_store::spool_path(&path);
+        let ours = RunAttrs { checkpoint: "random-init:0".into(), ..RunAttrs::default() };
+        let theirs = RunAttrs { checkpoint: "random-init:1".into(), ..ours.clone() };
+        let store = || {
+            let (spool, _) = Spool::open_index(&spool_at, &ours).unwrap();
+            let (layout, reported) = (Layout::from("c3d_features"), Reported::default());
+            Box::new(Hdf5Store { path: path.clone(), layout, attrs: ours.clone(), spool, reported })
+        };
+        let mut first = store();
+        first.store(record("a")).unwrap();
+        // Another run's record, appended to this spool behind its back.
+        let (mut other, _) = Spool::open_index(&spool_at, &theirs).unwrap();
+        other.append(&record("b")).unwrap();
+        let run = RunShared::default();
+        first.finish("write", &run);
+        let fatal = run.fatal().expect("b carries another fingerprint");
+        assert!(
+            fatal.message.contains("1 videos were spooled with other settings") && fatal.message.ends_with(": b"),
+            "{fatal}"
+        );
+        assert!(!path.exists() && run.settle_outputs(false).is_none());
+
+        std::fs::remove_file(&spool_at).unwrap();
+        let mut second = store();
+        second.store(record("a")).unwrap();
+        let run = RunShared::default();
+        second.finish("write", &run);
+        assert_eq!(run.fatal(), None);
+        assert_eq!(run.settle_outputs(true), None);
+        assert_eq!(locvtp_store::read_attrs(&path).unwrap(), ours);
+        assert!(!spool_at.exists());
     }
 }

@@ -98,13 +98,33 @@ fn check_spool(spool: &Path, attrs: &RunAttrs, stage: &str) -> Result<(), String
             let earlier = RunAttrs::from_json(&bytes)
                 .map_err(|e| format!("{}: unreadable header ({e:#}); to start fresh, {fresh}", spool.display()))?;
             let differences = attrs.differences(&earlier);
-            if differences.is_empty() {
-                Ok(())
-            } else {
-                Err(resume_conflict(&held, &differences, &fresh, &elsewhere))
+            if !differences.is_empty() {
+                return Err(resume_conflict(&held, &differences, &fresh, &elsewhere));
             }
+            let foreign = locvtp_store::spool::foreign_records(&index, &earlier.fingerprint());
+            if foreign.is_empty() {
+                return Ok(());
+            }
+            Err(format!(
+                "{}: {} of its {} videos do not carry the fingerprint its header records (written by another \
+                 run or program: {}), so it cannot be resumed safely. To start fresh, {fresh}",
+                spool.display(),
+                foreign.len(),
+                index.len(),
+                shown(&foreign)
+            ))
         }
     }
+}
+
+/// The first few of `ids`, for a message.
+fn shown(ids: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut text = ids.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if ids.len() > SHOWN {
+        text.push_str(&format!(" and {} more", ids.len() - SHOWN));
+    }
+    text
 }
 
 impl StageType for Hdf5Writer {
@@ -166,7 +186,7 @@ impl StageType for Hdf5Writer {
             tracing::info!("{} exists and will be replaced when this run completes", self.path.display());
         }
         let skipped = ctx.upstream_prepared::<VideoFiles>().map(|l| l.finished.clone()).unwrap_or_default();
-        match Spool::open_index(&spool, &attrs.to_json()) {
+        match Spool::open_index(&spool, &attrs) {
             Ok((spool, _)) => Some(Writer { spool: Mutex::new(Some(spool)), attrs, skipped }),
             Err(e) => {
                 checks.fail("path", &e);
@@ -263,7 +283,7 @@ mod tests {
             SpoolRecord { video_id: "a".into(), num_clips: 1, dim: 1, fps: 1.0, frames: 1, features: vec![0.0] };
         // With no encoder upstream, this run's checkpoint is `unknown`.
         let earlier = RunAttrs { checkpoint: "random-init:0".into(), ..RunAttrs::default() };
-        let (mut s, _) = Spool::open(&spool, &earlier.to_json()).unwrap();
+        let (mut s, _) = Spool::open(&spool, &earlier).unwrap();
         s.append(&record).unwrap();
         drop(s);
         let before = std::fs::read(&spool).unwrap();
@@ -285,9 +305,17 @@ mod tests {
         // The same settings resume it.
         let same = RunAttrs { checkpoint: "unknown".into(), ..RunAttrs::default() };
         std::fs::remove_file(&spool).unwrap();
-        let (mut s, _) = Spool::open(&spool, &same.to_json()).unwrap();
+        let (mut s, _) = Spool::open(&spool, &same).unwrap();
         s.append(&record).unwrap();
         drop(s);
         assert!(prepare(&graph, &ClusterShape::single(), Mode::Check).is_ok());
+
+        // A record another run appended under that header.
+        let (mut s, _) = Spool::open(&spool, &earlier).unwrap();
+        s.append(&SpoolRecord { video_id: "b".into(), ..record.clone() }).unwrap();
+        drop(s);
+        let err = prepare(&graph, &ClusterShape::single(), Mode::Check).err().expect("refused").to_string();
+        assert!(err.contains("1 of its 2 videos do not carry the fingerprint"), "{err}");
+        assert!(err.contains("run or program: b)") && err.contains(&format!("remove {}", spool.display())), "{err}");
     }
 }
