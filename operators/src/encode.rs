@@ -188,21 +188,25 @@ pub fn encode<'s>(
         let (job_tx, job_rx) = bounded::<Job>(cfg.queue.max(1));
         let (done_tx, done_rx) = bounded::<Result<Done, String>>(cfg.queue.max(1) + 1);
         {
-            let (cfg, activator, run) = (cfg.clone(), activator.clone(), run.clone());
-            std::thread::Builder::new()
+            let (model_cfg, activator, model_run) = (cfg.clone(), activator.clone(), run.clone());
+            let spawned = std::thread::Builder::new()
                 .name("encode".into())
                 .spawn(move || {
                     run_model(
-                        cfg,
+                        model_cfg,
                         job_rx,
                         done_tx,
                         move || {
                             let _ = activator.activate();
                         },
-                        run,
+                        model_run,
                     )
-                })
-                .expect("spawn encoder thread");
+                });
+            // Without its thread the operator fails its first batch; this
+            // says why.
+            if let Err(e) = spawned {
+                run.fail(&cfg.stage, format!("cannot start the encoder thread: {e}"));
+            }
         }
         let dim = cfg.feature_dim();
         let batch_size = cfg.batch_size.max(1);
