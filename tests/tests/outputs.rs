@@ -130,6 +130,7 @@ fn fingerprint_attr(h5: &Path) -> String {
 fn resuming_with_other_weights_layer_or_preprocessing_stops_before_mixing_them() {
     let s = setup(VIDEOS);
     let mut child = s.start_and_wait_for(3, &[], "killed.log");
+    let killed = child.id();
     child.kill().unwrap();
     child.wait().unwrap();
     let spooled = s.spooled();
@@ -148,9 +149,15 @@ fn resuming_with_other_weights_layer_or_preprocessing_stops_before_mixing_them()
         ("stages.clips.stride=8", "stride: 16 (earlier run) vs 8 (this run)"),
         ("stages.clips.tail=drop", "tail: pad (earlier run) vs drop (this run)"),
     ];
-    for (set, difference) in cases {
+    for (i, (set, difference)) in cases.into_iter().enumerate() {
         let o = s.run(&["--set", set]);
         let text = stderr(&o);
+        if i == 0 {
+            // The killed run's lock (kill -9 leaves its record behind) is
+            // taken over, naming it, before the settings are compared.
+            let takeover = format!("taking over the lock of a run that ended without releasing it, as a killed run does (pid {killed} on host");
+            assert!(text.contains(&takeover) && text.contains("no longer running"), "{text}");
+        }
         assert_eq!(o.status.code(), Some(2), "{set}: {text}");
         assert!(text.contains("stages.write.path") && text.contains(difference), "{set}: {text}");
         assert!(text.contains(&format!("holds {spooled} videos")), "{set}: {text}");
