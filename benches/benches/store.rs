@@ -25,7 +25,13 @@ fn records(videos: u32, clips: u32, dim: u32) -> Vec<SpoolRecord> {
 fn bench_store(c: &mut Criterion) {
     let recs = records(50, 64, 256);
     let bytes: u64 = recs.iter().map(|r| r.features.len() as u64 * 4).sum();
-    let run = RunAttrs { clip_frames: 16, stride: 16, layer: "projection".into(), checkpoint: "bench".into() };
+    let run = RunAttrs {
+        checkpoint: "bench".into(),
+        layer: "projection".into(),
+        clip_frames: 16,
+        stride: 16,
+        ..RunAttrs::default()
+    };
     let dir = tempfile::tempdir().expect("temp dir");
     let mut g = c.benchmark_group("store");
     // Each spool append waits for fsync: few, equal-sized samples.
@@ -43,7 +49,7 @@ fn bench_store(c: &mut Criterion) {
             || {
                 let path = dir.path().join("features.spool");
                 let _ = std::fs::remove_file(&path);
-                Spool::open(&path).expect("open spool").0
+                Spool::open(&path, &run).expect("open spool").0
             },
             |mut spool| {
                 for r in &recs {

@@ -40,53 +40,57 @@ pub fn decode<'s>(
         let activator = Arc::new(worker.sync_activator_for(info.address.to_vec()));
         let (job_tx, job_rx) = bounded::<(u64, VideoItem)>(cfg.threads.max(1));
         let (res_tx, res_rx) = bounded::<(u64, FrameMsg)>(cfg.queue.max(1));
+        let mut not_started = None;
         for i in 0..cfg.threads.max(1) {
             let (job_rx, res_tx, activator, run) = (job_rx.clone(), res_tx.clone(), activator.clone(), run.clone());
             let options = cfg.options;
-            std::thread::Builder::new()
-                .name(format!("decode-{i}"))
-                .spawn(move || {
-                    for (t, item) in job_rx {
-                        let stats = &run.stats;
-                        RunStats::add(&stats.decode_passes, 1);
-                        let send = |msg: FrameMsg| {
-                            let ok = res_tx.send((t, msg)).is_ok();
-                            let _ = activator.activate();
-                            ok
-                        };
-                        let result = decode_video(&item.path, &options, |chunk| {
-                            RunStats::add(&stats.frames_decoded, chunk.len() as u64);
-                            if send(FrameMsg::Chunk { video: item.id.clone(), chunk }) {
-                                ControlFlow::Continue(())
-                            } else {
-                                ControlFlow::Break(())
-                            }
-                        });
-                        let last = match result {
-                            Ok(summary) => {
-                                if summary.corrupt_packets > 0 {
-                                    // Kept: the frames before and around the damage are real.
-                                    tracing::warn!(
-                                        "{}: {} damaged or unreadable packets skipped, {} frames decoded",
-                                        item.id,
-                                        summary.corrupt_packets,
-                                        summary.frames
-                                    );
-                                }
-                                FrameMsg::End { video: item.id.clone(), frames: summary.frames, info: summary.info }
-                            }
-                            Err(e) => FrameMsg::Failed(ItemError::new(
-                                item.id.to_string(),
-                                ErrorStage::Decode,
-                                Reason::unreadable(&e),
-                            )),
-                        };
-                        if !send(last) {
-                            return;
+            let spawned = std::thread::Builder::new().name(format!("decode-{i}")).spawn(move || {
+                for (t, item) in job_rx {
+                    let stats = &run.stats;
+                    RunStats::add(&stats.decode_passes, 1);
+                    let send = |msg: FrameMsg| {
+                        let ok = res_tx.send((t, msg)).is_ok();
+                        let _ = activator.activate();
+                        ok
+                    };
+                    let result = decode_video(&item.path, &options, |chunk| {
+                        RunStats::add(&stats.frames_decoded, chunk.len() as u64);
+                        if send(FrameMsg::Chunk { video: item.id.clone(), chunk }) {
+                            ControlFlow::Continue(())
+                        } else {
+                            ControlFlow::Break(())
                         }
+                    });
+                    let last = match result {
+                        Ok(summary) => {
+                            if summary.corrupt_packets > 0 {
+                                // Kept: the frames before and around the damage are real.
+                                tracing::warn!(
+                                    "{}: {} damaged or unreadable packets skipped, {} frames decoded",
+                                    item.id,
+                                    summary.corrupt_packets,
+                                    summary.frames
+                                );
+                            }
+                            FrameMsg::End { video: item.id.clone(), frames: summary.frames, info: summary.info }
+                        }
+                        Err(e) => FrameMsg::Failed(ItemError::new(
+                            item.id.to_string(),
+                            ErrorStage::Decode,
+                            Reason::unreadable(&e),
+                        )),
+                    };
+                    if !send(last) {
+                        return;
                     }
-                })
-                .expect("spawn decoder thread");
+                }
+            });
+            if let Err(e) = spawned {
+                not_started = Some(format!("cannot start decoder thread {i}: {e}"));
+            }
+        }
+        if let Some(why) = not_started {
+            run.fail(&cfg.stage, why);
         }
         drop(res_tx);
 

@@ -5,9 +5,9 @@
 //! worker counts or timing give identical values.
 
 use crate::messages::{ClipMsg, FeatureMsg};
-use crate::run::RunShared;
+use crate::run::{catch_panic, RunShared};
 use crate::stats::RunStats;
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
 use locvtp_model::{normalise_u8_clips, Layer, LocVtp, ModelConfig};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -98,7 +98,7 @@ fn run_model(
     let model = match load_encoder(&cfg) {
         Ok(m) => m,
         Err(e) => {
-            let _ = done.send(Err(format!("{e:#}")));
+            let _ = done.send(Err(format!("to load: {e:#}")));
             wake();
             return;
         }
@@ -114,21 +114,33 @@ fn run_model(
         let n = job.tags.len();
         let mut pixels = job.pixels;
         pixels.resize(cfg.batch_size * cfg.clip_bytes(), 0);
-        let values = tch::no_grad(|| {
-            let u8s = Tensor::from_slice(&pixels).reshape([b, f, s, s, 3]).to_device(model.device());
-            let autocast = cfg.precision.autocast(model.device());
-            let (fc6, projected) = locvtp_model::amp::bf16(model.device(), autocast, || {
-                model.encode_clips(&normalise_u8_clips(&u8s), false)
-            });
-            let out = match cfg.layer {
-                Layer::Projection => projected,
-                Layer::Fc6 => fc6,
-            };
-            let out = out.narrow(0, 0, n as i64).to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous();
-            let mut v = vec![0f32; n * dim];
-            out.copy_data(&mut v, n * dim);
-            v
+        let computed = catch_panic(|| {
+            tch::no_grad(|| {
+                let u8s = Tensor::from_slice(&pixels).reshape([b, f, s, s, 3]).to_device(model.device());
+                let autocast = cfg.precision.autocast(model.device());
+                let (fc6, projected) = locvtp_model::amp::bf16(model.device(), autocast, || {
+                    model.encode_clips(&normalise_u8_clips(&u8s), false)
+                });
+                let out = match cfg.layer {
+                    Layer::Projection => projected,
+                    Layer::Fc6 => fc6,
+                };
+                let out = out.narrow(0, 0, n as i64).to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous();
+                let mut v = vec![0f32; n * dim];
+                out.copy_data(&mut v, n * dim);
+                v
+            })
         });
+        let values = match computed {
+            Ok(values) => values,
+            Err(e) => {
+                // The model may be left in any state: this thread stops, and
+                // the operator fails the run with what went wrong where.
+                let _ = done.send(Err(format!("on a batch of {n} clips of {}: {e}", videos_of(&job.tags))));
+                wake();
+                return;
+            }
+        };
         RunStats::add(&stats.encoder_busy_ns, busy.elapsed().as_nanos() as u64);
         RunStats::add(&stats.clips_encoded, n as u64);
         RunStats::add(&stats.encoder_batches, 1);
@@ -138,6 +150,22 @@ fn run_model(
         wake();
         waited = Instant::now();
     }
+}
+
+/// The videos of a batch's clips, in order, for messages.
+fn videos_of(tags: &[(u64, Arc<str>, u64)]) -> String {
+    const SHOWN: usize = 5;
+    let mut videos: Vec<&str> = Vec::new();
+    for (_, video, _) in tags {
+        if !videos.contains(&&**video) {
+            videos.push(video);
+        }
+    }
+    let mut text = videos.iter().take(SHOWN).copied().collect::<Vec<_>>().join(", ");
+    if videos.len() > SHOWN {
+        text.push_str(&format!(" and {} more videos", videos.len() - SHOWN));
+    }
+    text
 }
 
 /// Per video time: the capability, clips still being encoded, and the end
@@ -160,21 +188,25 @@ pub fn encode<'s>(
         let (job_tx, job_rx) = bounded::<Job>(cfg.queue.max(1));
         let (done_tx, done_rx) = bounded::<Result<Done, String>>(cfg.queue.max(1) + 1);
         {
-            let (cfg, activator, run) = (cfg.clone(), activator.clone(), run.clone());
-            std::thread::Builder::new()
+            let (model_cfg, activator, model_run) = (cfg.clone(), activator.clone(), run.clone());
+            let spawned = std::thread::Builder::new()
                 .name("encode".into())
                 .spawn(move || {
                     run_model(
-                        cfg,
+                        model_cfg,
                         job_rx,
                         done_tx,
                         move || {
                             let _ = activator.activate();
                         },
-                        run,
+                        model_run,
                     )
-                })
-                .expect("spawn encoder thread");
+                });
+            // Without its thread the operator fails its first batch; this
+            // says why.
+            if let Err(e) = spawned {
+                run.fail(&cfg.stage, format!("cannot start the encoder thread: {e}"));
+            }
         }
         let dim = cfg.feature_dim();
         let batch_size = cfg.batch_size.max(1);
@@ -239,15 +271,28 @@ pub fn encode<'s>(
                 pending.clear();
                 return;
             }
-            while let Ok(result) = done_rx.try_recv() {
-                let done = match result {
-                    Ok(done) => done,
-                    Err(e) => {
-                        run.fail(&cfg.stage, format!("the encoder failed: {e}"));
+            loop {
+                let done = match done_rx.try_recv() {
+                    Ok(Ok(done)) => done,
+                    Ok(Err(e)) => {
+                        run.fail(&cfg.stage, format!("the encoder failed {e}"));
                         failed = true;
                         pending.clear();
                         return;
                     }
+                    Err(TryRecvError::Empty) => break,
+                    // The model thread only ends early after sending why;
+                    // without a message it died, and its batches never come.
+                    Err(TryRecvError::Disconnected) if batches_in_flight > 0 => {
+                        run.fail(
+                            &cfg.stage,
+                            format!("the encoder thread stopped with {batches_in_flight} batches unfinished"),
+                        );
+                        failed = true;
+                        pending.clear();
+                        return;
+                    }
+                    Err(TryRecvError::Disconnected) => break,
                 };
                 batches_in_flight -= 1;
                 for (i, (t, video, index)) in done.tags.into_iter().enumerate() {
@@ -291,7 +336,7 @@ pub fn encode<'s>(
                     }
                     Err(TrySendError::Disconnected(_)) => {
                         let why = match done_rx.recv() {
-                            Ok(Err(e)) => format!("the encoder failed: {e}"),
+                            Ok(Err(e)) => format!("the encoder failed {e}"),
                             _ => "the encoder thread stopped".to_string(),
                         };
                         run.fail(&cfg.stage, why);
@@ -303,4 +348,70 @@ pub fn encode<'s>(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use timely::dataflow::operators::{Capture, ToStream};
+
+    /// The tiny test model on the CPU, with clips of `frames` frames.
+    fn config(frames: i64) -> EncodeConfig {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/c3d-tiny.toml");
+        let mut model = ModelConfig::from_toml_file(&path).unwrap();
+        model.frames_per_segment = frames;
+        EncodeConfig {
+            stage: "encode".into(),
+            model,
+            checkpoint: None,
+            layer: Layer::Projection,
+            device: tch::Device::Cpu,
+            batch_size: 2,
+            queue: 1,
+            seed: 0,
+            precision: locvtp_model::amp::Precision::Fp32,
+        }
+    }
+
+    /// Three clips of two videos through the encoder: its features, and
+    /// the run's failure if any.
+    fn encode_three(cfg: EncodeConfig) -> (Vec<FeatureMsg>, Option<crate::FatalError>) {
+        let run = Arc::new(RunShared::default());
+        let clip_bytes = cfg.clip_bytes();
+        let shared = run.clone();
+        let captured = timely::example(move |scope| {
+            let clips = [("a", 0), ("a", 1), ("b", 0)].map(|(video, index)| ClipMsg::Clip {
+                video: video.into(),
+                index,
+                pixels: vec![128; clip_bytes],
+            });
+            encode(clips.to_stream(scope), cfg, shared).capture()
+        });
+        let features = captured
+            .try_iter()
+            .flat_map(|event| match event {
+                timely::dataflow::operators::capture::Event::Messages(_, data) => data,
+                timely::dataflow::operators::capture::Event::Progress(_) => Vec::new(),
+            })
+            .collect();
+        (features, run.fatal())
+    }
+
+    #[test]
+    fn a_model_error_fails_the_run_naming_the_batch_and_the_dataflow_ends() {
+        // The tiny model takes 8-frame clips to a time extent of zero at
+        // pool5: libtorch refuses the batch (tch panics), well after the
+        // model loaded.
+        let (features, fatal) = encode_three(config(8));
+        let fatal = fatal.expect("the model's error fails the run");
+        assert_eq!(fatal.stage, "encode");
+        assert!(fatal.message.starts_with("the encoder failed on a batch of 2 clips of a: "), "{fatal}");
+        assert!(fatal.message.ends_with("Output size is too small"), "{fatal}");
+        assert!(!fatal.message.contains('\n'), "{fatal}");
+        assert!(features.is_empty(), "{features:?}");
+
+        let (features, fatal) = encode_three(config(16));
+        assert_eq!(fatal, None);
+        assert_eq!(features.len(), 3);
+    }
 }

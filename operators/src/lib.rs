@@ -52,7 +52,9 @@ pub use messages::{
     CaptionSpan, ClipMsg, ErrorStage, FeatureMsg, FrameMsg, ItemError, Narration, Reason, VideoCaptions, VideoItem,
     VideoMeta,
 };
-pub use run::{FatalError, RunShared, SkippedFiles, StopCause, TrainingProgress};
+pub use run::{
+    catch_panic, panic_is_caught, FatalError, PendingOutput, RunShared, SkippedFiles, StopCause, TrainingProgress,
+};
 pub use stats::{Counts, RunStats};
 
 /// The decoder threads of an operator are gone (they only stop when their

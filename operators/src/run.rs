@@ -30,6 +30,49 @@ impl FatalError {
     }
 }
 
+/// Runs `f`, turning a panic into an error that carries the panic's
+/// message. tch reports libtorch's errors (CUDA out of memory, a shape the
+/// model cannot take) by panicking; caught here, they reach the driver as a
+/// [`FatalError`] of the stage, with the operator's context, instead of
+/// taking a worker or a model thread down with nothing but a backtrace.
+/// The caller stops using what `f` touched once it has failed.
+pub fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    CATCHING.with(|depth| depth.set(depth.get() + 1));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|depth| depth.set(depth.get() - 1));
+    result.map_err(|payload| {
+        let message = match (payload.downcast_ref::<String>(), payload.downcast_ref::<&str>()) {
+            (Some(s), _) => s.clone(),
+            (None, Some(s)) => s.to_string(),
+            (None, None) => "a panic without a message".to_string(),
+        };
+        first_lines(&message)
+    })
+}
+
+thread_local! {
+    /// How many [`catch_panic`] calls the thread is inside.
+    static CATCHING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether a panic of the current thread will be caught by
+/// [`catch_panic`] and reported as the run's failure: a panic hook that
+/// ends the process on a panic lets these pass.
+pub fn panic_is_caught() -> bool {
+    CATCHING.with(|depth| depth.get() > 0)
+}
+
+/// libtorch's message on one line, without what tch wraps it in (an
+/// `unwrap` of `Torch("...")`, escaped) and the C++ backtrace that follows
+/// it (`Exception raised from ...`).
+fn first_lines(message: &str) -> String {
+    let message = message.strip_prefix("called `Result::unwrap()` on an `Err` value: ").unwrap_or(message);
+    let message = message.strip_prefix("Torch(\"").unwrap_or(message);
+    let head = message.split("Exception raised from").next().unwrap_or(message);
+    let head = head.replace("\\n", " ");
+    head.split_whitespace().collect::<Vec<_>>().join(" ").trim_end_matches("\")").to_string()
+}
+
 /// Why a run stops before its input is exhausted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StopCause {
@@ -60,6 +103,9 @@ pub struct RunShared {
     data_fingerprint: Mutex<Option<String>>,
     /// The last training step, once there is one.
     training: Mutex<Option<TrainingProgress>>,
+    /// Outputs complete under temporary names, put in place only once the
+    /// whole run has succeeded (see [`RunShared::settle_outputs`]).
+    pending: Mutex<Vec<PendingOutput>>,
 }
 
 /// Where training stands after a step: what the progress display shows.
@@ -76,6 +122,29 @@ pub struct TrainingProgress {
     pub loss: f64,
     /// Training samples per second at that step.
     pub samples_per_s: f64,
+}
+
+/// An output a stage has completed and checked, waiting to replace what
+/// its path holds until the run as a whole is known to have succeeded: a
+/// run that fails or is interrupted after its writer finished (a failure
+/// in another stage or process, `--strict` with failed items) leaves the
+/// path as an earlier run left it.
+pub struct PendingOutput {
+    /// The stage that wrote it.
+    pub stage: String,
+    /// What the summary says about the output once it is in place.
+    pub committed: serde_json::Value,
+    /// What the summary says when the run does not succeed (where the
+    /// finished work is kept for the next run).
+    pub kept: serde_json::Value,
+    /// Puts the output in place.
+    pub commit: Box<dyn FnOnce() -> anyhow::Result<()> + Send>,
+}
+
+impl std::fmt::Debug for PendingOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingOutput").field("stage", &self.stage).field("committed", &self.committed).finish()
+    }
 }
 
 /// Input files passed over for one reason: how many, and the first few.
@@ -203,6 +272,36 @@ impl RunShared {
     pub fn failed(&self) -> bool {
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
+
+    /// Holds `output` until [`RunShared::settle_outputs`].
+    pub fn defer_output(&self, output: PendingOutput) {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push(output);
+    }
+
+    /// Once the run's outcome is known: when it `succeeded`, puts every
+    /// pending output in place and records it for the summary; otherwise
+    /// drops them (their temporary files go, the finished work stays where
+    /// the next run resumes from) and records what is kept. Returns the
+    /// first output that could not be put in place, as the run's failure.
+    pub fn settle_outputs(&self, succeeded: bool) -> Option<FatalError> {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut failure = None;
+        for output in pending {
+            if !succeeded {
+                self.record_output(&output.stage, output.kept);
+                continue;
+            }
+            match (output.commit)() {
+                Ok(()) => self.record_output(&output.stage, output.committed),
+                Err(e) => {
+                    tracing::error!("stage `{}`: {e:#}", output.stage);
+                    self.record_output(&output.stage, output.kept);
+                    failure.get_or_insert(FatalError::new(output.stage, format!("{e:#}")));
+                }
+            }
+        }
+        failure
+    }
 }
 
 #[cfg(test)]
@@ -244,5 +343,61 @@ mod tests {
         assert!(run.stopping());
         assert_eq!(run.stop_cause(), Some(StopCause::Signal(15)));
         assert_eq!(run.fatal().unwrap(), FatalError::new("encode", "out of memory"));
+    }
+
+    fn pending(stage: &str, fails: bool, log: &std::sync::Arc<Mutex<Vec<String>>>) -> PendingOutput {
+        let log = log.clone();
+        let name = stage.to_string();
+        PendingOutput {
+            stage: stage.into(),
+            committed: serde_json::json!({ "path": stage }),
+            kept: serde_json::json!({ "kept": stage }),
+            commit: Box::new(move || {
+                if fails {
+                    anyhow::bail!("{name}: disk full");
+                }
+                log.lock().unwrap().push(name);
+                Ok(())
+            }),
+        }
+    }
+
+    #[test]
+    fn a_libtorch_error_becomes_a_message_instead_of_a_panic() {
+        let a = tch::Tensor::zeros([2, 3], (tch::Kind::Float, tch::Device::Cpu));
+        let message = catch_panic(|| a.matmul(&a)).expect_err("shapes [2, 3] and [2, 3] do not multiply");
+        assert!(message.contains("cannot be multiplied") && message.contains("2x3"), "{message}");
+        assert!(!message.contains('\n') && !message.contains("Exception raised from"), "{message}");
+        assert!(message.starts_with("mat1 and mat2 shapes"), "{message}");
+        let wrapped = "called `Result::unwrap()` on an `Err` value: Torch(\"Output size is too small\\nException \
+                       raised from pool3d_shape_check\\nframe #0: ...\")";
+        assert_eq!(first_lines(wrapped), "Output size is too small");
+        assert_eq!(first_lines("Output size is too small"), "Output size is too small");
+        assert_eq!(catch_panic(|| 7), Ok(7));
+        assert_eq!(catch_panic(panic_is_caught), Ok(true));
+        assert!(!panic_is_caught());
+        assert_eq!(catch_panic(|| -> i32 { panic!("plain") }), Err("plain".to_string()));
+    }
+
+    #[test]
+    fn pending_outputs_go_in_place_only_when_the_run_succeeded() {
+        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let run = RunShared::default();
+        run.defer_output(pending("a", false, &log));
+        assert_eq!(run.settle_outputs(false), None);
+        assert!(log.lock().unwrap().is_empty(), "nothing is put in place for a failed run");
+        assert_eq!(run.outputs()["a"], serde_json::json!({ "kept": "a" }));
+
+        let run = RunShared::default();
+        run.defer_output(pending("a", false, &log));
+        run.defer_output(pending("b", true, &log));
+        run.defer_output(pending("c", false, &log));
+        let failure = run.settle_outputs(true).expect("b cannot be put in place");
+        assert_eq!(failure, FatalError::new("b", "b: disk full"));
+        assert_eq!(*log.lock().unwrap(), ["a", "c"]);
+        let outputs = run.outputs();
+        assert_eq!(outputs["a"], serde_json::json!({ "path": "a" }));
+        assert_eq!(outputs["b"], serde_json::json!({ "kept": "b" }));
+        assert_eq!(run.settle_outputs(true), None, "each output is settled once");
     }
 }

@@ -687,10 +687,11 @@ pub fn sample<'s>(
             let sync = Arc::new(worker.sync_activator_for(info.address.to_vec()));
             let (job_tx, job_rx) = bounded::<DecodeJob>(cfg.threads.max(1));
             let (res_tx, res_rx) = bounded::<(DecodeJob, Decoded)>(cfg.threads.max(1) + cfg.prefetch.max(1));
+            let mut not_started = None;
             for i in 0..cfg.threads.max(1) {
                 let (job_rx, res_tx, sync, run, options) =
                     (job_rx.clone(), res_tx.clone(), sync.clone(), run.clone(), cfg.decode);
-                std::thread::Builder::new()
+                let spawned = std::thread::Builder::new()
                     .name(format!("sampler-decode-{i}"))
                     .spawn(move || {
                         for job in job_rx {
@@ -700,8 +701,13 @@ pub fn sample<'s>(
                             }
                             let _ = sync.activate();
                         }
-                    })
-                    .expect("spawn decoder thread");
+                    });
+                if let Err(e) = spawned {
+                    not_started = Some(format!("cannot start decoder thread {i}: {e}"));
+                }
+            }
+            if let Some(why) = not_started {
+                run.fail(&cfg.stage, why);
             }
             drop(res_tx);
             let mut cap: Option<Capability<u64>> = Some(cap);

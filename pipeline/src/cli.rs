@@ -24,7 +24,9 @@ Examples:
   torchrun --nproc-per-node 8 --no-python locvtp-flow run graphs/extract.toml --secret-file ~/.locvtp-secret
 
 Exit codes: 0 the run completed (individual bad items are listed in errors.jsonl),
-1 the run failed, 2 the graph, a path in it or the cluster's configuration is wrong
+1 the run failed (an earlier run's output is left as it was), 2 the graph, a path in
+it or the cluster's configuration is wrong, the output folder is in use by another
+run, or an output to resume holds features of other weights or preprocessing
 (nothing was started), 130 stopped by Ctrl-C (143 by SIGTERM), on every process of
 a cluster: finished work is kept and the same command resumes; a second Ctrl-C
 aborts at once.";
@@ -173,9 +175,14 @@ fn init_logging() {
 /// waiting forever for its progress: the process ends with exit code 1, and
 /// the processes of a cluster see the connection drop and stop in turn.
 /// (Timely's network threads panic when a peer's connection breaks.)
+/// Panics that an operator catches (libtorch's errors, which tch reports
+/// as panics) pass: the operator fails the run with their message.
 fn exit_on_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        if locvtp_operators::panic_is_caught() {
+            return;
+        }
         default(info);
         let cause = if info.to_string().contains("timely communication error") {
             "a peer process stopped or its connection broke"

@@ -8,7 +8,9 @@ use std::fmt;
 /// Why a command did not succeed.
 #[derive(Debug)]
 pub enum RunError {
-    /// The graph or a path in it is wrong; nothing was started. Exit 2.
+    /// The graph or a path in it is wrong, an output folder is in use by
+    /// another run, or an output to resume holds features of other
+    /// settings; nothing was started. Exit 2.
     Config(GraphError),
     /// The command line or the cluster's configuration is wrong (no secret,
     /// an index out of range, a hostfile that cannot be read); nothing was
@@ -17,9 +19,10 @@ pub enum RunError {
     /// Setting up the run failed (the cluster, an output that cannot be
     /// replaced). Exit 1.
     Setup(anyhow::Error),
-    /// A stage failed; finished work is kept. Exit 1, or 2 when the
-    /// checkpoint a training run resumes was trained on other settings or
-    /// data (a configuration problem).
+    /// A stage failed, or an output lacks videos the run reports done;
+    /// finished work is kept. Exit 1, or 2 when the checkpoint a training
+    /// run resumes was trained on other settings or data (a configuration
+    /// problem).
     Fatal(FatalError),
     /// Every item failed. Exit 1.
     NothingDone { failed: u64 },

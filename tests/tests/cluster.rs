@@ -448,3 +448,29 @@ fn ctrl_c_to_process_0_stops_the_cluster_with_exit_130_everywhere() {
     assert!(log1.contains("process 0 is stopping"), "{log1}");
     c.check_interrupted();
 }
+
+#[test]
+fn sigterm_to_process_0_stops_the_cluster_with_exit_143_everywhere() {
+    let c = SignalledCluster::new();
+    let statuses = c.interrupt(2, "TERM", 0);
+    let (log0, log1) = (c.log("p0.log"), c.log("p1.log"));
+    for (p, status) in statuses.iter().enumerate() {
+        assert_eq!(status.code(), Some(143), "process {p}: {status}\n{log0}\n{log1}");
+    }
+    assert!(log0.contains("no new work is started"), "{log0}");
+    assert!(log1.contains("process 0 is stopping"), "{log1}");
+    c.check_interrupted();
+}
+
+#[test]
+fn ctrl_c_to_process_1_stops_the_cluster_with_exit_130_everywhere() {
+    let c = SignalledCluster::new();
+    let statuses = c.interrupt(2, "INT", 1);
+    let (log0, log1) = (c.log("p0.log"), c.log("p1.log"));
+    for (p, status) in statuses.iter().enumerate() {
+        assert_eq!(status.code(), Some(130), "process {p}: {status}\n{log0}\n{log1}");
+    }
+    assert!(log1.contains("no new work is started"), "{log1}");
+    assert!(log0.contains("process 1 is stopping"), "{log0}");
+    c.check_interrupted();
+}

@@ -4,7 +4,7 @@ use super::reduce::MeanShard;
 use super::{concat_chunks, Shared, Snapshot, SnapshotReason, StepReport, TrainConfig};
 use crate::accumulate::PerTime;
 use crate::manifest::RUN_MANIFEST_KEY;
-use crate::run::{RunShared, StopCause};
+use crate::run::{catch_panic, RunShared, StopCause};
 use crate::samples::StepInfo;
 use crate::stats::RunStats;
 use locvtp_model::train::{TrainMeta, TrainingSnapshot, LR_SCHEDULE_KEY};
@@ -76,7 +76,11 @@ pub(super) fn apply<'s>(
                             );
                             return;
                         }
-                        sh.replica.adam.step_flat(&Tensor::from_slice(&flat), lr);
+                        let stepped = catch_panic(|| sh.replica.adam.step_flat(&Tensor::from_slice(&flat), lr));
+                        if let Err(e) = stepped {
+                            run.fail(&cfg.stage, format!("step {}: the optimizer step: {e}", at.step + 1));
+                            return;
+                        }
                     }
                     sh.busy += began.elapsed();
                     let samples = shards[0].samples;

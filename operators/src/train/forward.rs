@@ -2,7 +2,7 @@
 
 use super::{chunk_range, chunks, to_bytes, Shared, TrainConfig};
 use crate::accumulate::PerTime;
-use crate::run::RunShared;
+use crate::run::{catch_panic, RunShared};
 use crate::samples::{Sample, StepInfo};
 use crate::stats::RunStats;
 use locvtp_model::loss::Draws;
@@ -78,7 +78,12 @@ pub(super) fn forward<'s>(
                     if local.is_empty() {
                         continue;
                     }
-                    match run_step(&shared, &cfg, &run, local) {
+                    // libtorch's errors (out of memory, a shape the model
+                    // cannot take) are panics in tch: they fail the run
+                    // with the step, like the errors run_step returns.
+                    let result = catch_panic(|| run_step(&shared, &cfg, &run, local))
+                        .unwrap_or_else(|panic| Err(anyhow::anyhow!("forward and backward: {panic}")));
+                    match result {
                         Ok(grads) => output.session(&cap).give_iterator(grads.into_iter()),
                         Err(e) => {
                             run.fail(&cfg.stage, format!("step {}: {e:#}", step + 1));

@@ -1,11 +1,14 @@
-//! Running a graph: every stage is prepared (the checks of `check`), then
-//! every worker of the cluster builds the graph's dataflow and the control
-//! dataflow beside it, runs them to completion, and process 0 sums up.
+//! Running a graph: process 0 locks its output folders, every stage is
+//! prepared (the checks of `check`), then every worker of the cluster
+//! builds the graph's dataflow and the control dataflow beside it, runs
+//! them to completion, and process 0 sums up and, only when the run
+//! succeeded, puts the outputs that wait for that in place.
 
 pub mod cluster;
 mod connect;
 pub mod handshake;
 pub mod interrupt;
+pub mod lock;
 pub mod manifest;
 mod progress;
 pub mod summary;
@@ -46,6 +49,9 @@ struct LeaderEnd {
 pub fn run(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result<RunSummary, RunError> {
     let started = Instant::now();
     let shape = cluster.shape();
+    // Before prepare, which already opens spools and clears temporary
+    // files; held until the summary is written (it travels with it).
+    let locks = if cluster.is_first_process() { Some(Arc::new(lock::lock_outputs(graph)?)) } else { None };
     let prepared = engine::prepare(graph, &shape, Mode::Run)?;
     if cluster.is_first_process() {
         // Failed items are retried on every run, so the lines of an earlier
@@ -129,7 +135,7 @@ pub fn run(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result<RunSumm
         Some((_, StopCause::Signal(s))) if fatal.is_none() && cut_short => Some(s),
         _ => None,
     };
-    Ok(RunSummary::new(RunRecord {
+    let mut summary = RunSummary::new(RunRecord {
         graph,
         workers: cluster.workers(),
         processes: cluster.processes,
@@ -140,5 +146,14 @@ pub fn run(graph: &Graph, cluster: &Cluster, flags: &RunFlags) -> Result<RunSumm
         skipped_files: run.skipped_files(),
         fatal,
         signal,
-    }))
+    });
+    // Outputs that replace an earlier run's go in place only now, when the
+    // whole cluster's outcome is known to be a success.
+    let succeeded = summary.outcome(flags.strict, cluster.is_first_process()).is_ok();
+    if let Some(failure) = run.settle_outputs(succeeded) {
+        summary.fatal.get_or_insert(failure);
+    }
+    summary.outputs = run.outputs();
+    summary.locks = locks;
+    Ok(summary)
 }

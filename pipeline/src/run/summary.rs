@@ -67,6 +67,10 @@ pub struct RunSummary {
     /// The signal that stopped the run, if any.
     #[serde(skip)]
     pub signal: Option<i32>,
+    /// The locks of the output folders (process 0), held until this summary
+    /// is dropped, after it has been written beside the outputs.
+    #[serde(skip)]
+    pub locks: Option<std::sync::Arc<super::lock::OutputLocks>>,
 }
 
 /// The largest resident set this process has had, in MB.
@@ -142,6 +146,7 @@ impl RunSummary {
             interrupted: r.signal.is_some(),
             training,
             signal: r.signal,
+            locks: None,
         }
     }
 

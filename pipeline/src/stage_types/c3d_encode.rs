@@ -1,5 +1,10 @@
 //! `c3d_encode`: clips from any number of videos in fixed-shape batches on
 //! a dedicated model thread (GPU or CPU); one feature per clip.
+//!
+//! Its prepare also works out what decides the features' values, their
+//! [`RunAttrs`] (weights, layer, model, precision, and the frame size and
+//! clip geometry of the stages upstream), which the feature writers record
+//! and compare with what an output already holds before resuming it.
 
 use crate::engine::{
     BuildContext, BuildError, Built, Checks, DataKind, Inputs, Message, Port, PrepareContext, StageType,
@@ -12,6 +17,7 @@ use locvtp_model::device::Device;
 use locvtp_model::{Layer, ModelConfig};
 use locvtp_operators::encode::{encode, load_encoder, EncodeConfig};
 use locvtp_operators::{ClipMsg, FeatureMsg};
+use locvtp_store::RunAttrs;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -60,6 +66,8 @@ pub struct Encoder {
     /// the clip sampler upstream).
     pub clip_frames: usize,
     pub stride: usize,
+    /// What decides the values of the features this stage emits.
+    pub attrs: RunAttrs,
 }
 
 impl C3dEncode {
@@ -77,6 +85,58 @@ impl C3dEncode {
             precision: self.precision,
         }
     }
+}
+
+impl C3dEncode {
+    /// The attributes of this stage's features, with `weights` the
+    /// checkpoint's SHA-256 (or `random-init:<seed>`).
+    fn attrs(
+        &self,
+        ctx: &PrepareContext<'_>,
+        model: &ModelConfig,
+        weights: String,
+        clip_frames: usize,
+        stride: usize,
+    ) -> RunAttrs {
+        let tail = ctx.upstream::<DenseClips>().map(|(_, clips)| clips.tail).unwrap_or_default();
+        let frame_size = ctx.upstream::<Decode>().map_or(model.frame_size as u32, |(_, d)| d.decode.frame_size);
+        // Process 0's first worker writes the outputs, so its device decides
+        // what `auto` means for them.
+        let device = self.device.for_worker(ctx.shape.device_slot(ctx.shape.local_workers().start));
+        RunAttrs {
+            checkpoint: weights,
+            layer: self.layer.name().to_string(),
+            model: serde_json::to_string(model).expect("a model config serializes"),
+            precision: if self.precision.autocast(device) { "bf16" } else { "fp32" }.to_string(),
+            frame_size,
+            clip_frames: clip_frames as u32,
+            stride: stride as u32,
+            tail: serde_json::to_value(tail).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        }
+    }
+}
+
+/// The attributes of the features reaching the stage of `ctx`, from the
+/// nearest `c3d_encode` upstream; `None` when that stage did not prepare
+/// (it reported why).
+pub fn upstream_attrs(ctx: &PrepareContext<'_>) -> Option<RunAttrs> {
+    if ctx.upstream::<C3dEncode>().is_none() {
+        return Some(RunAttrs { checkpoint: "unknown".into(), ..RunAttrs::default() });
+    }
+    ctx.upstream_prepared::<C3dEncode>().map(|encoder| encoder.attrs.clone())
+}
+
+/// Why a writer cannot resume an output that holds features made with
+/// other settings: `held` says what it holds, `differences` what differs
+/// (see [`RunAttrs::differences`]), `fresh` how to start again, and
+/// `elsewhere` which options choose another output.
+pub fn resume_conflict(held: &str, differences: &[String], fresh: &str, elsewhere: &str) -> String {
+    format!(
+        "{held} with other settings than this run's, and resuming would mix their features with this run's in \
+         one output. What differs: {}. To start fresh, {fresh}; to resume, run with the earlier settings; or \
+         write elsewhere ({elsewhere})",
+        differences.join("; ")
+    )
 }
 
 impl StageType for C3dEncode {
@@ -141,19 +201,29 @@ impl StageType for C3dEncode {
                 );
             }
         }
-        if let Some(path) = &self.checkpoint {
-            if !path.is_file() {
+        let weights = match &self.checkpoint {
+            Some(path) if !path.is_file() => {
                 checks.error("checkpoint", format!("{}: no such file", path.display()));
-            } else if checks.is_empty() {
+                None
+            }
+            Some(path) if checks.is_empty() => {
                 // Built once here so that a checkpoint of another shape stops
                 // the run before any work.
                 let cfg = self.config(&ctx.stage.name, &model, tch::Device::Cpu, ctx.graph.run.seed);
-                if let Err(e) = load_encoder(&cfg) {
-                    checks.fail("checkpoint", &e);
+                match load_encoder(&cfg).and_then(|_| locvtp_model::checkpoint::file_sha256(path)) {
+                    Ok(sha) => Some(sha),
+                    Err(e) => {
+                        checks.fail("checkpoint", &e);
+                        None
+                    }
                 }
             }
-        }
-        checks.is_empty().then_some(Encoder { model, clip_frames, stride })
+            Some(_) => None,
+            None => Some(format!("random-init:{}", ctx.graph.run.seed)),
+        };
+        let weights = weights.filter(|_| checks.is_empty())?;
+        let attrs = self.attrs(ctx, &model, weights, clip_frames, stride);
+        Some(Encoder { model, clip_frames, stride, attrs })
     }
 
     fn build<'s>(
@@ -214,5 +284,44 @@ mod tests {
         }
         indices.sort_unstable();
         assert_eq!(indices, [0, 1, 2]);
+    }
+
+    #[test]
+    fn the_features_attributes_gather_weights_model_and_preprocessing() {
+        use crate::engine::{prepare, ClusterShape, Mode};
+        let t = TestGraph::new();
+        std::fs::create_dir_all(t.path("videos")).unwrap();
+        let stages = |checkpoint: &str| {
+            format!(
+                "[stages.videos]\ntype = \"video_files\"\ndir = \"{}\"\n\n\
+                 [stages.decode]\ntype = \"decode\"\ninputs = [\"videos\"]\n\n\
+                 [stages.clips]\ntype = \"dense_clips\"\ninputs = [\"decode\"]\nstride = 8\ntail = \"drop\"\n\n\
+                 [stages.encode]\ntype = \"c3d_encode\"\ninputs = [\"clips\"]\nmodel = \"{}\"\ndevice = \"cpu\"\n\
+                 layer = \"fc6\"\n{checkpoint}\n\
+                 [stages.write]\ntype = \"hdf5_writer\"\ninputs = [\"encode\"]\n",
+                t.path("videos").display(),
+                config("c3d-tiny.toml").display()
+            )
+        };
+        let attrs = |text: &str| {
+            let prepared = prepare(&t.graph(text), &ClusterShape::single(), Mode::Check).unwrap();
+            prepared.stages["encode"].downcast_ref::<super::Encoder>().unwrap().attrs.clone()
+        };
+        let random = attrs(&stages(""));
+        assert_eq!(random.checkpoint, "random-init:0");
+        assert_eq!((random.layer.as_str(), random.precision.as_str(), random.tail.as_str()), ("fc6", "fp32", "drop"));
+        assert_eq!((random.frame_size, random.clip_frames, random.stride), (112, 16, 8));
+        let model: serde_json::Value = serde_json::from_str(&random.model).unwrap();
+        assert_eq!(model["c3d"]["channels"], serde_json::json!([2, 4, 4, 8, 8]));
+
+        // Weights are named by their SHA-256.
+        let model = locvtp_model::ModelConfig::from_toml_file(&config("c3d-tiny.toml")).unwrap();
+        let weights = t.path("weights.safetensors");
+        let net = locvtp_model::LocVtp::new(&model, tch::Device::Cpu, 7);
+        let tensors = locvtp_model::checkpoint::named_variables(&net.vs);
+        locvtp_model::checkpoint::write_safetensors(&weights, &tensors, &Default::default()).unwrap();
+        let trained = attrs(&stages(&format!("checkpoint = \"{}\"\n", weights.display())));
+        assert_eq!(trained.checkpoint, locvtp_model::checkpoint::file_sha256(&weights).unwrap());
+        assert_eq!(trained.differences(&random).len(), 1, "{:?}", trained.differences(&random));
     }
 }

@@ -3,13 +3,17 @@
 //! (`f[vid]["c3d_features"]`) or one dataset per video id at the root
 //! (`f[vid][:]`), the two layouts 2D-TAN's loaders read. Finished videos go
 //! to a crash-safe spool first; the file is assembled under a temporary
-//! name and renamed when the run completes, and a run started again skips
-//! every video already in the spool.
+//! name, checked to hold every video the run reports, and renamed only when
+//! the whole run succeeds, so a failing run never replaces an earlier file.
+//! A run started again skips every video already in the spool, provided
+//! the spool's header records the same weights, layer, model and
+//! preprocessing as this run's; otherwise it stops before any work.
 
 use crate::engine::{BuildContext, BuildError, Built, Checks, DataKind, Inputs, Port, PrepareContext, StageType};
 use crate::graph::PathResolver;
-use crate::stage_types::c3d_encode::{C3dEncode, Encoder};
-use locvtp_operators::writer::{write_features, FeatureStore, Hdf5Store, WriterConfig};
+use crate::stage_types::c3d_encode::{resume_conflict, upstream_attrs};
+use crate::stage_types::video_files::VideoFiles;
+use locvtp_operators::writer::{write_features, FeatureStore, Hdf5Store, Reported, WriterConfig};
 use locvtp_operators::FeatureMsg;
 use locvtp_store::{spool_path, Layout, RunAttrs, Spool};
 use schemars::JsonSchema;
@@ -62,29 +66,65 @@ impl Hdf5Writer {
     }
 }
 
-/// The writer's spool (taken by worker 0) and the attributes of its file.
+/// The writer's spool (taken by worker 0), the attributes of its file, and
+/// the videos the run skips, which the file must hold in the end.
 #[derive(Debug)]
 pub struct Writer {
     spool: Mutex<Option<Spool>>,
     attrs: RunAttrs,
+    skipped: BTreeSet<String>,
 }
 
-/// What the file's attributes say about the features: clip geometry,
-/// layer, and the weights that produced them.
-fn run_attrs(ctx: &PrepareContext<'_>) -> anyhow::Result<RunAttrs> {
-    let (clip_frames, stride, layer, checkpoint) =
-        match (ctx.upstream::<C3dEncode>(), ctx.upstream_prepared::<C3dEncode>()) {
-            (Some((_, encode)), Some(encoder)) => {
-                let encoder: &Encoder = encoder;
-                let checkpoint = match &encode.checkpoint {
-                    Some(p) => locvtp_model::checkpoint::file_sha256(p)?,
-                    None => format!("random-init:{}", ctx.graph.run.seed),
-                };
-                (encoder.clip_frames, encoder.stride, encode.layer.name().to_string(), checkpoint)
+/// Fails when the spool at `spool` holds videos made with other attributes
+/// than `attrs`, saying what differs and how to start fresh.
+fn check_spool(spool: &Path, attrs: &RunAttrs, stage: &str) -> Result<(), String> {
+    if !spool.exists() {
+        return Ok(());
+    }
+    let (header, index, _) = locvtp_store::spool::read_header_and_index(spool).map_err(|e| format!("{e:#}"))?;
+    let held = format!("{} holds {} videos extracted by an earlier run", spool.display(), index.len());
+    let fresh = format!("remove {}", spool.display());
+    let elsewhere = format!("another stages.{stage}.path or run.output_dir");
+    match header {
+        None if index.is_empty() => Ok(()),
+        None => Err(format!(
+            "{} holds {} videos spooled by an earlier version, which did not record the weights and \
+             preprocessing they were extracted with, so they cannot be resumed safely. To start fresh, {fresh}; \
+             or write elsewhere ({elsewhere})",
+            spool.display(),
+            index.len()
+        )),
+        Some(bytes) => {
+            let earlier = RunAttrs::from_json(&bytes)
+                .map_err(|e| format!("{}: unreadable header ({e:#}); to start fresh, {fresh}", spool.display()))?;
+            let differences = attrs.differences(&earlier);
+            if !differences.is_empty() {
+                return Err(resume_conflict(&held, &differences, &fresh, &elsewhere));
             }
-            _ => (16, 16, "projection".to_string(), "unknown".to_string()),
-        };
-    Ok(RunAttrs { clip_frames: clip_frames as u32, stride: stride as u32, layer, checkpoint })
+            let foreign = locvtp_store::spool::foreign_records(&index, &earlier.fingerprint());
+            if foreign.is_empty() {
+                return Ok(());
+            }
+            Err(format!(
+                "{}: {} of its {} videos do not carry the fingerprint its header records (written by another \
+                 run or program: {}), so it cannot be resumed safely. To start fresh, {fresh}",
+                spool.display(),
+                foreign.len(),
+                index.len(),
+                shown(&foreign)
+            ))
+        }
+    }
+}
+
+/// The first few of `ids`, for a message.
+fn shown(ids: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut text = ids.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if ids.len() > SHOWN {
+        text.push_str(&format!(" and {} more", ids.len() - SHOWN));
+    }
+    text
 }
 
 impl StageType for Hdf5Writer {
@@ -128,22 +168,26 @@ impl StageType for Hdf5Writer {
     }
 
     fn prepare(&self, ctx: &PrepareContext<'_>, checks: &mut Checks) -> Option<Writer> {
-        let attrs = match run_attrs(ctx) {
-            Ok(a) => a,
-            Err(e) => {
-                checks.fail("", &e);
-                return None;
-            }
-        };
+        let attrs = upstream_attrs(ctx)?;
         let spool = spool_path(&self.path);
-        if !ctx.running() || ctx.shape.process != 0 {
-            return Some(Writer { spool: Mutex::new(None), attrs });
+        // Only process 0 writes the file (other processes of a cluster
+        // route their features to it) and checks the spool it resumes.
+        if ctx.shape.process != 0 {
+            return Some(Writer { spool: Mutex::new(None), attrs, skipped: BTreeSet::new() });
+        }
+        if let Err(problem) = check_spool(&spool, &attrs, &ctx.stage.name) {
+            checks.error("path", problem);
+            return None;
+        }
+        if !ctx.running() {
+            return Some(Writer { spool: Mutex::new(None), attrs, skipped: BTreeSet::new() });
         }
         if self.path.exists() && !spool.exists() {
             tracing::info!("{} exists and will be replaced when this run completes", self.path.display());
         }
-        match Spool::open_index(&spool) {
-            Ok((spool, _)) => Some(Writer { spool: Mutex::new(Some(spool)), attrs }),
+        let skipped = ctx.upstream_prepared::<VideoFiles>().map(|l| l.finished.clone()).unwrap_or_default();
+        match Spool::open_index(&spool, &attrs) {
+            Ok((spool, _)) => Some(Writer { spool: Mutex::new(Some(spool)), attrs, skipped }),
             Err(e) => {
                 checks.fail("path", &e);
                 None
@@ -160,8 +204,13 @@ impl StageType for Hdf5Writer {
         let features = inputs.take::<FeatureMsg>(0)?;
         let spool = if ctx.index() == 0 { writer.spool.lock().unwrap_or_else(|e| e.into_inner()).take() } else { None };
         let store = spool.map(|spool| {
-            Box::new(Hdf5Store { path: self.path.clone(), layout: self.layout(), attrs: writer.attrs.clone(), spool })
-                as Box<dyn FeatureStore>
+            Box::new(Hdf5Store {
+                path: self.path.clone(),
+                layout: self.layout(),
+                attrs: writer.attrs.clone(),
+                spool,
+                reported: Reported { skipped: writer.skipped.clone(), stored: BTreeSet::new() },
+            }) as Box<dyn FeatureStore>
         });
         let cfg = WriterConfig { stage: ctx.stage.name.clone(), counts: ctx.counts_items() };
         let errors = write_features(features, cfg, store, ctx.run.clone());
@@ -221,5 +270,52 @@ mod tests {
         );
         let err = crate::graph::parse_stages(&text, &t.path("graph.toml"), t.dir.path()).unwrap_err().to_string();
         assert!(err.contains("stages.write.dataset") && err.contains("flat layout"), "{err}");
+    }
+
+    #[test]
+    fn a_spool_of_other_settings_stops_check_and_run_naming_the_difference() {
+        use crate::engine::{prepare, ClusterShape, Mode};
+        use locvtp_store::{RunAttrs, Spool, SpoolRecord};
+        let t = TestGraph::new();
+        let graph = t.graph("[stages.write]\ntype = \"hdf5_writer\"\ninputs = [\"encode\"]\n");
+        let spool = t.path("out/.features.h5.spool");
+        let record =
+            SpoolRecord { video_id: "a".into(), num_clips: 1, dim: 1, fps: 1.0, frames: 1, features: vec![0.0] };
+        // With no encoder upstream, this run's checkpoint is `unknown`.
+        let earlier = RunAttrs { checkpoint: "random-init:0".into(), ..RunAttrs::default() };
+        let (mut s, _) = Spool::open(&spool, &earlier).unwrap();
+        s.append(&record).unwrap();
+        drop(s);
+        let before = std::fs::read(&spool).unwrap();
+        for mode in [Mode::Check, Mode::Run] {
+            let err = prepare(&graph, &ClusterShape::single(), mode).err().expect("the spool is refused").to_string();
+            assert!(err.contains("stages.write.path") && err.contains("holds 1 videos"), "{err}");
+            assert!(err.contains("checkpoint: random-init:0 (earlier run) vs unknown (this run)"), "{err}");
+            assert!(err.contains(&format!("remove {}", spool.display())), "{err}");
+        }
+        assert_eq!(std::fs::read(&spool).unwrap(), before, "the refused spool is left as it was");
+
+        // A spool written before headers existed holds records of unknown
+        // origin.
+        let header_len = 12 + earlier.to_json().len();
+        std::fs::write(&spool, &before[header_len..]).unwrap();
+        let err = prepare(&graph, &ClusterShape::single(), Mode::Check).err().expect("refused").to_string();
+        assert!(err.contains("earlier version") && err.contains("remove"), "{err}");
+
+        // The same settings resume it.
+        let same = RunAttrs { checkpoint: "unknown".into(), ..RunAttrs::default() };
+        std::fs::remove_file(&spool).unwrap();
+        let (mut s, _) = Spool::open(&spool, &same).unwrap();
+        s.append(&record).unwrap();
+        drop(s);
+        assert!(prepare(&graph, &ClusterShape::single(), Mode::Check).is_ok());
+
+        // A record another run appended under that header.
+        let (mut s, _) = Spool::open(&spool, &earlier).unwrap();
+        s.append(&SpoolRecord { video_id: "b".into(), ..record.clone() }).unwrap();
+        drop(s);
+        let err = prepare(&graph, &ClusterShape::single(), Mode::Check).err().expect("refused").to_string();
+        assert!(err.contains("1 of its 2 videos do not carry the fingerprint"), "{err}");
+        assert!(err.contains("run or program: b)") && err.contains(&format!("remove {}", spool.display())), "{err}");
     }
 }

@@ -71,6 +71,11 @@ pub fn run_stage<M: Message + Send>(
         let errors: Vec<ItemError> = errors.into_iter().flat_map(|r| drain(r).into_iter().map(|(_, e)| e)).collect();
         (items, errors)
     });
+    // As a run does once it has succeeded: outputs waiting for the run's
+    // outcome go in place.
+    if let Some(failure) = run.settle_outputs(!run.failed() && !run.cut_short()) {
+        panic!("{failure}");
+    }
     StageRun { items, errors }
 }
 

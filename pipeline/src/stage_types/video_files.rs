@@ -138,8 +138,9 @@ pub struct Listing {
     /// Files of the folder that are not videos of the run, by reason.
     pub skipped: BTreeMap<SkipReason, Vec<PathBuf>>,
     /// Videos that every sink downstream already holds from an earlier run
-    /// of the same command, in the whole listing.
-    pub finished: usize,
+    /// of the same command, in the whole listing: the run skips them, and
+    /// each sink's output must still hold them when it completes.
+    pub finished: BTreeSet<String>,
 }
 
 /// What the listing of a folder found.
@@ -317,13 +318,14 @@ impl StageType for VideoFiles {
         let mine = ctx.shape.local_workers();
         let ids = videos.iter().map(|v| v.id.clone()).collect();
         // Only listed videos count: a sink's folder may hold others.
-        let done = videos.iter().filter(|v| finished.contains(&*v.id)).count();
+        let done: BTreeSet<String> =
+            videos.iter().filter(|v| finished.contains(&*v.id)).map(|v| v.id.to_string()).collect();
         let videos: Vec<VideoItem> = videos
             .into_iter()
             .filter(|v| !finished.contains(&*v.id) && mine.contains(&worker_of(&v.id, workers)))
             .collect();
-        if done > 0 && ctx.shape.process == 0 {
-            tracing::info!("resuming: {done} videos finished by an earlier run are kept");
+        if !done.is_empty() && ctx.shape.process == 0 {
+            tracing::info!("resuming: {} videos finished by an earlier run are kept", done.len());
         }
         Some(Listing { videos, ids, rejected, skipped, finished: done })
     }
@@ -339,8 +341,8 @@ impl StageType for VideoFiles {
             listing.videos.iter().filter(|v| worker_of(&v.id, peers) == index).cloned().collect();
         RunStats::add(&ctx.run.stats.videos_total, mine.len() as u64);
         let rejected = if index == 0 {
-            RunStats::add(&ctx.run.stats.videos_skipped, listing.finished as u64);
-            RunStats::add(&ctx.run.stats.videos_total, (listing.finished + listing.rejected.len()) as u64);
+            RunStats::add(&ctx.run.stats.videos_skipped, listing.finished.len() as u64);
+            RunStats::add(&ctx.run.stats.videos_total, (listing.finished.len() + listing.rejected.len()) as u64);
             for (reason, files) in &listing.skipped {
                 ctx.run.record_skipped_files(reason.name(), files);
             }

@@ -3,8 +3,12 @@
 //! `numpy.save` writes small arrays). A file is written under a temporary
 //! name in the same folder and renamed when complete, so a file with the
 //! final name is always whole.
+//!
+//! The folder's [`FINGERPRINT_FILE`] records the [`RunAttrs`] of its
+//! features (the arrays have no room for attributes), so that a run with
+//! other weights or preprocessing does not add its files to them.
 
-use crate::temporary_sibling;
+use crate::{not_held, temporary_sibling, RunAttrs};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::io::{BufWriter, Write};
@@ -101,6 +105,42 @@ pub fn remove_partials(dir: &Path) -> Result<usize> {
     Ok(removed)
 }
 
+/// The sidecar file of a feature folder: the [`RunAttrs`] of its features
+/// as JSON, with their fingerprint. Hidden, so that loaders that list the
+/// folder see `.npy` files only.
+pub const FINGERPRINT_FILE: &str = ".fingerprint.json";
+
+/// Writes `attrs` to `dir`'s [`FINGERPRINT_FILE`], atomically.
+pub fn write_fingerprint(dir: &Path, attrs: &RunAttrs) -> Result<()> {
+    let path = dir.join(FINGERPRINT_FILE);
+    let tmp = temporary_sibling(&path);
+    let context = || format!("{}: cannot write", path.display());
+    let written = std::fs::write(&tmp, attrs.to_json())
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(context);
+    }
+    Ok(())
+}
+
+/// The attributes `dir`'s [`FINGERPRINT_FILE`] records; `None` when it has
+/// none.
+pub fn read_fingerprint(dir: &Path) -> Result<Option<RunAttrs>> {
+    let path = dir.join(FINGERPRINT_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => RunAttrs::from_json(&bytes).map(Some).with_context(|| format!("{}: unreadable", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
+    }
+}
+
+/// The ids of `expected` that have no `.npy` file in `dir`, sorted.
+pub fn missing_videos<'a>(dir: &Path, expected: impl IntoIterator<Item = &'a String>) -> Result<Vec<String>> {
+    Ok(not_held(expected, &videos_in(dir)?))
+}
+
 /// Reads a 2-D little-endian float32 C-order `.npy` file (what
 /// [`write_npy`] writes): (values row-major, shape).
 pub fn read_npy(path: &Path) -> Result<(Vec<f32>, [usize; 2])> {
@@ -193,5 +233,21 @@ mod tests {
         std::fs::write(&path, b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f8'}").unwrap();
         let err = format!("{:#}", read_npy(&path).unwrap_err());
         assert!(err.contains("v.npy") && err.contains("<f8"), "{err}");
+    }
+
+    #[test]
+    fn the_fingerprint_file_round_trips_and_missing_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_fingerprint(dir.path()).unwrap(), None);
+        let attrs = RunAttrs { checkpoint: "random-init:3".into(), clip_frames: 16, ..RunAttrs::default() };
+        write_fingerprint(dir.path(), &attrs).unwrap();
+        assert_eq!(read_fingerprint(dir.path()).unwrap(), Some(attrs));
+        write_npy(&dir.path().join("a.npy"), [1, 1], &[1.0]).unwrap();
+        assert_eq!(videos_in(dir.path()).unwrap().len(), 1, "the sidecar is no video's");
+        let expected = ["a", "b"].map(String::from);
+        assert_eq!(missing_videos(dir.path(), &expected).unwrap(), ["b"]);
+        std::fs::write(dir.path().join(FINGERPRINT_FILE), b"{").unwrap();
+        let err = format!("{:#}", read_fingerprint(dir.path()).unwrap_err());
+        assert!(err.contains(FINGERPRINT_FILE), "{err}");
     }
 }
