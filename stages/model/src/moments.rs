@@ -233,7 +233,10 @@ fn fixed_grid() -> Vec<Moment> {
 /// their videos): for R@1 at each threshold, the window with the most
 /// training hits; for R@n, n windows chosen greedily, each adding the most
 /// training queries not yet hit; for mean IoU, the window with the highest
-/// mean training IoU. Ties go to the first window on the grid.
+/// mean training IoU. Among windows with as many hits, the one with the
+/// highest mean training IoU wins (many windows clear a threshold; the one
+/// fitting the truths best is the stronger baseline), then the first on
+/// the grid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FixedWindows {
     /// `(R@n key, windows)`: for R@1 one window, for R@n up to n.
@@ -246,6 +249,7 @@ pub struct FixedWindows {
 pub fn best_fixed_windows(train: &[Moment], recalls: &[usize], thresholds: &[f64]) -> FixedWindows {
     let grid = fixed_grid();
     let ious: Vec<Vec<f64>> = grid.iter().map(|&w| train.iter().map(|&t| iou(w, t)).collect()).collect();
+    let mean = |w: usize| ious[w].iter().sum::<f64>();
     let mut for_recall = Vec::new();
     for &n in recalls {
         for &m in thresholds {
@@ -253,7 +257,9 @@ pub fn best_fixed_windows(train: &[Moment], recalls: &[usize], thresholds: &[f64
             let mut chosen = Vec::new();
             for _ in 0..n.max(1) {
                 let gain = |w: usize| ious[w].iter().zip(&covered).filter(|(&o, &c)| !c && o >= m).count();
-                let best = (0..grid.len()).max_by(|&a, &b| gain(a).cmp(&gain(b)).then(b.cmp(&a))).unwrap_or(0);
+                let best = (0..grid.len())
+                    .max_by(|&a, &b| gain(a).cmp(&gain(b)).then(mean(a).total_cmp(&mean(b))).then(b.cmp(&a)))
+                    .unwrap_or(0);
                 for (c, &o) in covered.iter_mut().zip(&ious[best]) {
                     *c |= o >= m;
                 }
@@ -262,7 +268,6 @@ pub fn best_fixed_windows(train: &[Moment], recalls: &[usize], thresholds: &[f64
             for_recall.push((recall_key(n, m), chosen));
         }
     }
-    let mean = |w: usize| ious[w].iter().sum::<f64>();
     let best_miou = (0..grid.len()).max_by(|&a, &b| mean(a).total_cmp(&mean(b)).then(b.cmp(&a))).unwrap_or(0);
     FixedWindows { for_recall, for_miou: grid[best_miou], learned_from: train.len() }
 }
@@ -386,6 +391,9 @@ mod tests {
         let m = FixedMethod { queries: &test, windows: &whole };
         assert_eq!((m.hit(0, 1, 0.5), m.hit(1, 1, 0.5)), (0.0, 1.0));
         assert_eq!(m.top_iou(0), 0.3);
+        // Many windows hit every truth at 0.3; the one fitting them best wins.
+        let same = best_fixed_windows(&[(0.0, 0.2); 3], &[1], &[0.3]);
+        assert_eq!(same.for_recall[0].1, [(0.0, 0.2)]);
     }
 
     #[test]
