@@ -197,3 +197,42 @@ fn grounding_trains_reports_every_metric_next_to_the_baselines_and_resumes() {
     assert_eq!(resumed["selection"]["epoch"], results["selection"]["epoch"]);
     assert_eq!(resumed["test"]["metrics"], results["test"]["metrics"]);
 }
+
+/// A results file as `grounding_eval` writes it, with `model` at R@1 IoU 0.5
+/// and every other number at 0.2 with an interval of +-0.05.
+fn results(model: f64) -> serde_json::Value {
+    let e = |v: f64| serde_json::json!({ "value": v, "low": v - 0.05, "high": v + 0.05 });
+    let mut metrics = serde_json::Map::new();
+    for key in ["R@1_IoU0.5", "mIoU"] {
+        let m = if key == "R@1_IoU0.5" { model } else { 0.2 };
+        metrics.insert(
+            key.into(),
+            serde_json::json!({ "model": e(m), "random_window": e(0.2), "whole_video": e(0.2), "best_fixed_window": e(0.3) }),
+        );
+    }
+    serde_json::json!({ "test": { "queries": 120, "metrics": metrics } })
+}
+
+#[test]
+fn the_seed_report_gives_mean_and_sd_and_judges_against_the_intervals() {
+    let dir = tempfile::tempdir().unwrap();
+    for (seed, locvtp, random) in [(0, 0.5, 0.3), (1, 0.6, 0.35)] {
+        for (features, value) in [("locvtp", locvtp), ("random", random)] {
+            let d = dir.path().join(format!("seed{seed}/ground-{features}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("grounding.json"), results(value).to_string()).unwrap();
+        }
+    }
+    let script = repo().join("scripts/demo_report.py");
+    let out = locvtp_tests::python(&[&script, &dir.path(), &"0", &"1"]);
+    assert!(out.contains("| LocVTP features | 0.550 ± 0.071 | 0.200 ± 0.000 |"), "{out}");
+    assert!(out.contains("| random-init C3D features | 0.325 ± 0.035 |"), "{out}");
+    let report = locvtp_tests::last_json(&out);
+    assert_eq!(report["test_queries"], serde_json::json!([120]));
+    assert_eq!(report["strongest_baseline"], "best fixed window (train)");
+    let verdicts = &report["verdicts"];
+    // 0.55 - 0.325 = 0.225 > 0.05; 0.55 - 0.3 = 0.25 > 0.05.
+    assert_eq!(verdicts["random-init C3D features"]["beats"], true);
+    assert_eq!(verdicts["best fixed window (train)"]["beats"], true);
+    assert!((verdicts["best fixed window (train)"]["difference"].as_f64().unwrap() - 0.25).abs() < 1e-9);
+}
