@@ -104,7 +104,7 @@ pub struct GroundingSetup {
 #[derive(Debug, Clone)]
 pub enum GroundingEvent {
     /// Once, before the first step.
-    Setup(GroundingSetup),
+    Setup(Box<GroundingSetup>),
     /// After each epoch: the validation queries' ranked moments.
     Validation { epoch: u32, queries: Vec<RankedQuery> },
     /// At the end: the test queries' ranked moments with the weights of
@@ -419,7 +419,7 @@ pub fn fit(
         select_on: cfg.select_on.clone(),
         threads: cfg.threads,
     };
-    if !send(step, TrainEvent::Grounding(Arc::new(GroundingEvent::Setup(setup)))) {
+    if !send(step, TrainEvent::Grounding(Arc::new(GroundingEvent::Setup(Box::new(setup))))) {
         return Ok(());
     }
 

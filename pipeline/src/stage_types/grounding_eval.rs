@@ -192,7 +192,7 @@ impl StageType for GroundingEval {
                 for event in data.drain(..) {
                     let TrainEvent::Grounding(event) = event else { continue };
                     match (&*event, &setup) {
-                        (GroundingEvent::Setup(s), _) => setup = Some(s.clone()),
+                        (GroundingEvent::Setup(s), _) => setup = Some(GroundingSetup::clone(s)),
                         (GroundingEvent::Validation { epoch, queries }, Some(s)) => {
                             curve.push(curve_point(*epoch, queries, s));
                         }

@@ -369,7 +369,9 @@ impl Tan {
             // average rather than their sum, and is valid if it saw any.
             let count = mask.conv2d(&ones, None::<Tensor>, [1, 1], [padding, padding], [1, 1], 1).round();
             let seen = count.gt(0.0).to_kind(Kind::Float);
-            x = x * (&seen / count.clamp_min(1.0));
+            // Not `*=`: an in-place product would overwrite the ReLU output
+            // its backward pass reads.
+            x = x.multiply(&(&seen / count.clamp_min(1.0)));
             mask = seen;
         }
         self.pred.forward(&x).squeeze_dim(1)
