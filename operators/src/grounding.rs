@@ -98,6 +98,10 @@ pub struct GroundingSetup {
     pub select_on: String,
     /// libtorch's intra-op threads during training.
     pub threads: usize,
+    /// Validation points ([`curve_point`]) of the epochs a resumed run
+    /// trained before this one, from its checkpoint.
+    #[serde(default)]
+    pub earlier_curve: Vec<serde_json::Value>,
 }
 
 /// What the grounding trainer reports besides steps and snapshots.
@@ -337,6 +341,22 @@ pub fn metric(queries: &[RankedQuery], key: &str, thresholds: &[f64]) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Recalls reported: R@1 and R@5, as 2D-TAN reports.
+pub const RECALLS: [usize; 2] = [1, 5];
+
+/// One epoch's validation numbers: every recall and mean IoU.
+pub fn curve_point(epoch: u32, queries: &[RankedQuery], thresholds: &[f64]) -> serde_json::Value {
+    let mut point = serde_json::json!({ "epoch": epoch });
+    let keys = RECALLS
+        .iter()
+        .flat_map(|&n| thresholds.iter().map(move |&m| locvtp_model::moments::recall_key(n, m)))
+        .chain(["mIoU".to_string()]);
+    for k in keys {
+        point[k.as_str()] = serde_json::json!(metric(queries, &k, thresholds));
+    }
+    point
+}
+
 /// Copies of the variables' values, by name.
 fn copy_weights(model: &Tan) -> Vec<(String, Tensor)> {
     tch::no_grad(|| model.vs.variables().into_iter().map(|(n, t)| (n, t.copy())).collect())
@@ -381,6 +401,7 @@ pub fn fit(
     let steps_total = steps_per_epoch * cfg.epochs as u64;
     let thresholds = cfg.model.thresholds.clone();
 
+    let mut curve: Vec<serde_json::Value> = Vec::new();
     let (mut adam, mut step, mut best): (Adam, u64, Option<(u32, f64)>) = match &cfg.resume {
         Some(path) => {
             let (adam, meta) = load_training_state(path, &mut model.vs, &model_json)?;
@@ -388,6 +409,9 @@ pub fn fit(
                 (Some(e), Some(v)) => Some((e.parse()?, v.parse()?)),
                 _ => None,
             };
+            if let Some(text) = meta.extra.get("val_curve") {
+                curve = serde_json::from_str(text).with_context(|| format!("{}: val_curve", path.display()))?;
+            }
             tracing::info!("resuming grounding from {} (epoch {}, step {})", path.display(), meta.epoch, meta.step);
             (adam, meta.step as u64, best)
         }
@@ -418,12 +442,13 @@ pub fn fit(
         train_truths: data.train.samples.iter().map(|s| as_fraction((s.start_s, s.end_s), s.duration_s)).collect(),
         select_on: cfg.select_on.clone(),
         threads: cfg.threads,
+        earlier_curve: curve.clone(),
     };
     if !send(step, TrainEvent::Grounding(Arc::new(GroundingEvent::Setup(Box::new(setup))))) {
         return Ok(());
     }
 
-    let meta_extra = |best: Option<(u32, f64)>| -> BTreeMap<String, String> {
+    let meta_extra = |best: Option<(u32, f64)>, curve: &[serde_json::Value]| -> BTreeMap<String, String> {
         let mut extra = BTreeMap::from([
             ("task".to_string(), "grounding".to_string()),
             ("select_on".to_string(), cfg.select_on.clone()),
@@ -435,18 +460,20 @@ pub fn fit(
             extra.insert("best_epoch".into(), e.to_string());
             extra.insert("best_value".into(), v.to_string());
         }
+        extra.insert("val_curve".into(), serde_json::Value::from(curve.to_vec()).to_string());
         extra
     };
-    let snapshot = |model: &Tan, adam: &Adam, at: StepInfo, reason, best| -> Result<TrainEvent> {
-        let meta = TrainMeta {
-            epoch: i64::from(at.epoch) + i64::from(at.epoch_end),
-            step: at.step as i64 + 1,
-            seed: cfg.seed,
-            extra: meta_extra(best),
+    let snapshot =
+        |model: &Tan, adam: &Adam, at: StepInfo, reason, best, curve: &[serde_json::Value]| -> Result<TrainEvent> {
+            let meta = TrainMeta {
+                epoch: i64::from(at.epoch) + i64::from(at.epoch_end),
+                step: at.step as i64 + 1,
+                seed: cfg.seed,
+                extra: meta_extra(best, curve),
+            };
+            let state = TrainingSnapshot::take_store(&model.vs, &model_json, adam, &meta)?;
+            Ok(TrainEvent::Snapshot(Arc::new(Snapshot { at, reason, state })))
         };
-        let state = TrainingSnapshot::take_store(&model.vs, &model_json, adam, &meta)?;
-        Ok(TrainEvent::Snapshot(Arc::new(Snapshot { at, reason, state })))
-    };
 
     while step < steps_total {
         let epoch = (step / steps_per_epoch) as u32;
@@ -485,6 +512,7 @@ pub fn fit(
                     best = Some((epoch + 1, value));
                     best_weights = Some(copy_weights(&model));
                 }
+                curve.push(curve_point(epoch + 1, &ranked, &thresholds));
                 events.push(TrainEvent::Grounding(Arc::new(GroundingEvent::Validation {
                     epoch: epoch + 1,
                     queries: ranked,
@@ -508,7 +536,7 @@ pub fn fit(
         let stopping = run.stopping() && step + 1 < steps_total;
         if cfg.snapshots && (epoch_end || stopping) {
             let reason = if epoch_end { SnapshotReason::EpochEnd } else { SnapshotReason::Stop };
-            out.push(snapshot(&model, &adam, at, reason, best)?);
+            out.push(snapshot(&model, &adam, at, reason, best, &curve)?);
         }
         for event in out {
             if !send(step, event) {

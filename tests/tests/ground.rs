@@ -195,6 +195,7 @@ fn grounding_trains_reports_every_metric_next_to_the_baselines_and_resumes() {
     let (again, resumed) = run_ground(dir.path(), &out, epochs);
     assert_eq!(again.len(), metrics.len(), "no step trained twice");
     assert_eq!(resumed["selection"]["epoch"], results["selection"]["epoch"]);
+    assert_eq!(resumed["selection"]["curve"], results["selection"]["curve"], "the curve comes with the checkpoint");
     assert_eq!(resumed["test"]["metrics"], results["test"]["metrics"]);
 }
 

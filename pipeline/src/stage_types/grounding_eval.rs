@@ -12,7 +12,7 @@ use locvtp_model::moments::{
     best_fixed_windows, score, whole_video, Estimate, FixedMethod, Method, Moment, Predictions, RandomWindow, Ranked,
     INTERVAL_METHOD,
 };
-use locvtp_operators::grounding::{metric, GroundingEvent, GroundingSetup, RankedQuery};
+use locvtp_operators::grounding::{curve_point, GroundingEvent, GroundingSetup, RankedQuery, RECALLS};
 use locvtp_operators::train::TrainEvent;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -36,23 +36,6 @@ impl Default for GroundingEval {
     fn default() -> Self {
         GroundingEval { output: PathBuf::from("grounding.json"), predictions: true }
     }
-}
-
-/// Recalls reported: R@1 and R@5, as 2D-TAN reports.
-pub const RECALLS: [usize; 2] = [1, 5];
-
-/// One epoch's validation numbers.
-fn curve_point(epoch: u32, queries: &[RankedQuery], setup: &GroundingSetup) -> serde_json::Value {
-    let mut point = json!({ "epoch": epoch });
-    let mut keys: Vec<String> = RECALLS
-        .iter()
-        .flat_map(|&n| setup.model.thresholds.iter().map(move |&m| locvtp_model::moments::recall_key(n, m)))
-        .collect();
-    keys.push("mIoU".into());
-    for k in keys {
-        point[k.as_str()] = json!(metric(queries, &k, &setup.model.thresholds));
-    }
-    point
 }
 
 fn estimate_json(e: Estimate) -> serde_json::Value {
@@ -192,9 +175,12 @@ impl StageType for GroundingEval {
                 for event in data.drain(..) {
                     let TrainEvent::Grounding(event) = event else { continue };
                     match (&*event, &setup) {
-                        (GroundingEvent::Setup(s), _) => setup = Some(GroundingSetup::clone(s)),
+                        (GroundingEvent::Setup(s), _) => {
+                            curve = s.earlier_curve.clone();
+                            setup = Some(GroundingSetup::clone(s));
+                        }
                         (GroundingEvent::Validation { epoch, queries }, Some(s)) => {
-                            curve.push(curve_point(*epoch, queries, s));
+                            curve.push(curve_point(*epoch, queries, &s.model.thresholds));
                         }
                         (GroundingEvent::Test { epoch, queries }, Some(s)) => {
                             let result = report(s, &curve, *epoch, queries, seed, options.predictions);
@@ -237,6 +223,7 @@ mod tests {
             train_truths: vec![(0.0, 0.2); 10],
             select_on: "R@1_IoU0.5".into(),
             threads: 1,
+            earlier_curve: Vec::new(),
         };
         let test = vec![
             query((0.0, 2.0), vec![(0.0, 2.0), (5.0, 10.0)]),
