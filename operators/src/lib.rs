@@ -17,6 +17,7 @@ pub mod control;
 pub mod decode;
 pub mod encode;
 pub mod errors;
+pub mod grounding;
 pub mod manifest;
 pub mod messages;
 pub mod run;

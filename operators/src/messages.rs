@@ -31,6 +31,8 @@ pub enum ErrorStage {
     Clips,
     Write,
     Evaluate,
+    /// Reading grounding annotations and joining them with features.
+    Annotations,
 }
 
 impl fmt::Display for ErrorStage {
@@ -77,13 +79,31 @@ pub enum Reason {
     /// The finished video could not be stored.
     #[error("{message}")]
     Storage { message: String },
+    /// A line or entry of a grounding annotation file was skipped (the
+    /// message names file and line); the rest was read.
+    #[error("{message}")]
+    AnnotationSkipped { message: String },
+    /// A grounding moment reaching outside its video was clamped to it and
+    /// kept (the message names file, line and both moments).
+    #[error("{message}")]
+    MomentClamped { message: String },
+    /// Grounding queries of a video that the feature file does not hold.
+    #[error("{queries} {split} queries skipped: no features for this video in {}", file.display())]
+    NoFeatures { split: String, queries: usize, file: PathBuf },
 }
 
 impl Reason {
     /// Whether the whole video is lost, as opposed to a part of it (one
     /// caption clip) that the run goes on without.
     pub fn loses_video(&self) -> bool {
-        !matches!(self, Reason::CaptionDropped { .. } | Reason::NarrationSkipped { .. })
+        !matches!(
+            self,
+            Reason::CaptionDropped { .. }
+                | Reason::NarrationSkipped { .. }
+                | Reason::AnnotationSkipped { .. }
+                | Reason::MomentClamped { .. }
+                | Reason::NoFeatures { .. }
+        )
     }
 
     /// `Unreadable` from an error chain, as one line.
@@ -115,6 +135,34 @@ impl ItemError {
             map.insert("reason".into(), self.reason.to_string().into());
         }
         line
+    }
+}
+
+impl ItemError {
+    /// A grounding annotation that could not be read, for the video it
+    /// names (`?` when the problem concerns the file or a line without one).
+    pub fn annotation(e: &locvtp_narration::NarrationError) -> ItemError {
+        let id = e.location().and_then(|l| l.video_id.clone()).unwrap_or_else(|| "?".into());
+        ItemError::new(id, ErrorStage::Annotations, Reason::AnnotationSkipped { message: e.to_string() })
+    }
+
+    /// A warning of a grounding annotation reader worth a line in the log:
+    /// clamped moments (and skipped items, when a reader folds them into
+    /// its warnings). Other warnings (a detected encoding) are only logged.
+    pub fn annotation_warning(w: &locvtp_narration::Warning) -> Option<ItemError> {
+        use locvtp_narration::Warning;
+        match w {
+            Warning::Clamped { at, .. } => Some(ItemError::new(
+                at.video_id.clone().unwrap_or_else(|| "?".into()),
+                ErrorStage::Annotations,
+                Reason::MomentClamped { message: w.to_string() },
+            )),
+            Warning::Skipped(e) => Some(ItemError::annotation(e)),
+            other => {
+                tracing::warn!("{other}");
+                None
+            }
+        }
     }
 }
 

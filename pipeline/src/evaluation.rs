@@ -5,6 +5,9 @@
 
 use crate::stage_types::evaluate::Evaluate as EvaluateOptions;
 use anyhow::{Context, Result};
+use locvtp_model::moments::{
+    score, whole_video, FixedMethod, Method, Moment, Predictions, RandomWindow, Ranked, INTERVAL_METHOD,
+};
 use locvtp_model::text::TextEncoder;
 use locvtp_model::{LocVtp, ModelConfig};
 use locvtp_narration::align::{align_video, AlignConfig};
@@ -76,26 +79,41 @@ fn window_embedding(rows: &Tensor, i: usize, j: usize) -> Tensor {
     &m / m.norm().clamp_min(1e-12)
 }
 
-/// Cosine between the sentence and the mean of the clips outside `i..=j`
-/// (0 when the window covers the whole video). A window is scored by how
-/// much better it matches than the rest of its video: the cosine of the mean
-/// inside alone peaks on single clips, since averaging the clips of a whole
-/// matching scene can only blur the best one.
-fn outside_cosine(sentence: &Tensor, rows: &Tensor, i: usize, j: usize) -> f64 {
+/// Scores of windows `(i, j)` (clips `i..=j`) of one video for one
+/// sentence, all on one scale: the cosine between the sentence and the mean
+/// of the clips inside the window, minus the cosine with the mean of the
+/// clips it leaves out. A window is scored by how much better it matches
+/// than the rest of its video (the inside alone peaks on single clips, since
+/// averaging the clips of a whole matching scene can only blur the best
+/// one). The whole video leaves nothing out: its rest is taken to be the
+/// video itself, so it scores 0 and wins only when no window matches better
+/// than what it leaves out.
+fn window_scores(sentence: &Tensor, rows: &Tensor, windows: &[(usize, usize)]) -> Vec<f64> {
     let n = rows.size()[0] as usize;
-    let mut parts = Vec::new();
-    if i > 0 {
-        parts.push(rows.narrow(0, 0, i as i64));
+    let cosine = |m: Tensor| sentence.dot(&(&m / m.norm().clamp_min(1e-12))).double_value(&[]);
+    // Prefix sums: every window's inside and outside sums in O(D).
+    let cum = Tensor::cat(&[rows.zeros_like().narrow(0, 0, 1), rows.cumsum(0, Kind::Double)], 0);
+    let total = cum.get(n as i64);
+    windows
+        .iter()
+        .map(|&(i, j)| {
+            let inside = cum.get(j as i64 + 1) - cum.get(i as i64);
+            let left_out = n - (j - i + 1);
+            let rest = if left_out == 0 { total.shallow_clone() } else { &total - &inside };
+            cosine(inside) - cosine(rest)
+        })
+        .collect()
+}
+
+/// The candidate windows of a video of `clips` clips: every window of up to
+/// `max_clips` clips, and the whole video.
+fn candidate_windows(clips: usize, max_clips: usize) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> =
+        (0..clips).flat_map(|i| (i..(i + max_clips.max(1)).min(clips)).map(move |j| (i, j))).collect();
+    if clips > 0 && !out.contains(&(0, clips - 1)) {
+        out.push((0, clips - 1));
     }
-    if j + 1 < n {
-        parts.push(rows.narrow(0, j as i64 + 1, (n - j - 1) as i64));
-    }
-    if parts.is_empty() {
-        return 0.0;
-    }
-    let rest = Tensor::cat(&parts, 0);
-    let m = rest.mean_dim([0i64].as_slice(), false, Kind::Double);
-    sentence.dot(&(&m / m.norm().clamp_min(1e-12))).double_value(&[])
+    out
 }
 
 fn retrieval(
@@ -189,50 +207,53 @@ fn grounding(
     let s = embed_sentences(model, text, &queries.iter().map(|q| q.sentence.clone()).collect::<Vec<_>>())?;
     let thresholds = [0.3, 0.5, 0.7];
     let mut predictions = Vec::with_capacity(queries.len());
-    let mut hits = [0.0f64; 3];
-    let mut random_hits = [0.0f64; 3];
-    let (mut miou, mut random_miou) = (0.0, 0.0);
+    let mut ranked = Vec::with_capacity(queries.len());
+    let mut candidates: Vec<Vec<Moment>> = Vec::with_capacity(queries.len());
     for (qi, q) in queries.iter().enumerate() {
         let v = &features[&q.video_id];
         let rows = video_tensor(v);
-        let sentence = s.get(qi as i64);
+        let windows = candidate_windows(v.clips, opts.max_window_clips);
+        let scores = window_scores(&s.get(qi as i64), &rows, &windows);
+        // Ties keep the earlier candidate.
+        let best = (0..windows.len()).fold(0, |b, k| if scores[k] > scores[b] { k } else { b });
+        let spans: Vec<Moment> = windows.iter().map(|&(i, j)| geo.span(v, i, j)).collect();
         let gt = (q.start_s, q.end_s);
-        let mut best = (f64::NEG_INFINITY, (0.0, 0.0));
-        let mut candidates = 0usize;
-        let mut cand_hits = [0usize; 3];
-        let mut cand_iou = 0.0;
-        for i in 0..v.clips {
-            for j in i..(i + opts.max_window_clips).min(v.clips) {
-                let span = geo.span(v, i, j);
-                let inside = sentence.dot(&window_embedding(&rows, i, j)).double_value(&[]);
-                let score = inside - outside_cosine(&sentence, &rows, i, j);
-                if score > best.0 {
-                    best = (score, span);
-                }
-                let o = iou(span, gt);
-                candidates += 1;
-                cand_iou += o;
-                for (k, t) in thresholds.iter().enumerate() {
-                    cand_hits[k] += usize::from(o >= *t);
-                }
-            }
+        let top = spans[best];
+        predictions.push(json!({"video": q.video_id, "sentence": q.sentence, "truth": [gt.0, gt.1], "predicted": [top.0, top.1], "score": scores[best], "iou": iou(top, gt)}));
+        ranked.push(Ranked { truth: gt, duration: v.frames as f64 / v.fps.max(1e-9), moments: vec![top] });
+        candidates.push(spans);
+    }
+    let n = queries.len();
+    let truths: Vec<(Moment, f64)> = ranked.iter().map(|r| (r.truth, r.duration)).collect();
+    let whole = whole_video(&[1], &thresholds);
+    let random =
+        RandomWindow { queries: candidates.iter().zip(&ranked).map(|(c, r)| (c.as_slice(), r.truth)).collect() };
+    let methods: [(&str, &dyn Method); 3] = [
+        ("model", &Predictions(&ranked)),
+        ("random", &random),
+        ("whole_video", &FixedMethod { queries: &truths, windows: &whole }),
+    ];
+    let mut out = json!({
+        "queries": n,
+        "score": "cosine(sentence, mean inside the window) - cosine(sentence, mean of the clips left out; the whole video for the whole video), one scale for every candidate",
+        "candidates": format!("every window of up to {} clips, and the whole video", opts.max_window_clips),
+        "intervals": INTERVAL_METHOD,
+    });
+    for (name, method) in methods {
+        let (mut values, mut intervals) = (serde_json::Map::new(), serde_json::Map::new());
+        for (key, e) in score(method, n, &[1], &thresholds, 0) {
+            values.insert(key.clone(), json!(e.value));
+            intervals.insert(key, json!([e.low, e.high]));
         }
-        let o = iou(best.1, gt);
-        predictions.push(json!({"video": q.video_id, "sentence": q.sentence, "truth": [gt.0, gt.1], "predicted": [best.1 .0, best.1 .1], "iou": o}));
-        miou += o;
-        random_miou += cand_iou / candidates as f64;
-        for (k, t) in thresholds.iter().enumerate() {
-            hits[k] += f64::from(u8::from(o >= *t));
-            random_hits[k] += cand_hits[k] as f64 / candidates as f64;
+        values.insert("interval".into(), intervals.into());
+        if name == "model" {
+            out.as_object_mut().expect("an object").extend(values);
+        } else {
+            out[name] = values.into();
         }
     }
-    let n = queries.len() as f64;
-    Ok(json!({
-        "queries": queries.len(),
-        "R@1_IoU0.3": hits[0] / n, "R@1_IoU0.5": hits[1] / n, "R@1_IoU0.7": hits[2] / n, "mIoU": miou / n,
-        "random": {"R@1_IoU0.3": random_hits[0] / n, "R@1_IoU0.5": random_hits[1] / n, "R@1_IoU0.7": random_hits[2] / n, "mIoU": random_miou / n},
-        "predictions": predictions,
-    }))
+    out["predictions"] = json!(predictions);
+    Ok(out)
 }
 
 /// Runs both evaluations and writes the results JSON.
@@ -272,9 +293,9 @@ pub fn print_table(r: &serde_json::Value) {
     }
     let g = &r["grounding"];
     if g.is_object() {
-        eprintln!("  temporal grounding ({} queries)        model   random window", g["queries"]);
+        eprintln!("  temporal grounding ({} queries)        model   random window   whole video", g["queries"]);
         for k in ["R@1_IoU0.3", "R@1_IoU0.5", "R@1_IoU0.7", "mIoU"] {
-            eprintln!("    {k:<36} {:>6}   {:>6}", f(&g[k]), f(&g["random"][k]));
+            eprintln!("    {k:<36} {:>6}   {:>13}   {:>11}", f(&g[k]), f(&g["random"][k]), f(&g["whole_video"][k]));
         }
     }
 }
@@ -298,6 +319,33 @@ mod tests {
         assert_eq!(geo.span(&v, 0, 0), (0.0, 2.0));
         assert_eq!(geo.span(&v, 1, 2), (1.0, 4.0));
         assert_eq!(geo.span(&v, 4, 4), (4.0, 5.0));
+    }
+
+    #[test]
+    fn every_candidate_is_scored_on_one_scale_the_whole_video_included() {
+        // Three clips; the sentence matches the middle one.
+        let rows = Tensor::from_slice(&[1.0f64, 0.0, 0.0, 1.0, 1.0, 0.0]).reshape([3, 2]);
+        let sentence = Tensor::from_slice(&[0.0f64, 1.0]);
+        let windows = candidate_windows(3, 1);
+        assert_eq!(windows, [(0, 0), (1, 1), (2, 2), (0, 2)], "the whole video is always a candidate");
+        let scores = window_scores(&sentence, &rows, &windows);
+        // Inside minus the rest, from the means as window_embedding takes them.
+        let by_hand = |i: usize, j: usize| {
+            let inside = sentence.dot(&window_embedding(&rows, i, j)).double_value(&[]);
+            let rest: Vec<usize> = (0..3).filter(|k| *k < i || *k > j).collect();
+            let rest = if rest.is_empty() { vec![0, 1, 2] } else { rest };
+            let m = rest.iter().map(|&k| rows.get(k as i64)).fold(rows.get(0).zeros_like(), |a, b| a + b);
+            inside - sentence.dot(&(&m / m.norm())).double_value(&[])
+        };
+        for (k, &(i, j)) in windows.iter().enumerate() {
+            assert!((scores[k] - by_hand(i, j)).abs() < 1e-12, "window {i}..={j}: {} vs {}", scores[k], by_hand(i, j));
+        }
+        assert_eq!(scores[3], 0.0, "the whole video leaves nothing out");
+        assert!(scores[1] > scores[3] && scores[3] > scores[0], "{scores:?}");
+        // A sentence matching every clip alike: no window beats the whole video.
+        let flat = Tensor::from_slice(&[1.0f64, 0.0, 1.0, 0.0, 1.0, 0.0]).reshape([3, 2]);
+        let scores = window_scores(&Tensor::from_slice(&[1.0f64, 0.0]), &flat, &candidate_windows(3, 3));
+        assert!(scores.iter().all(|s| s.abs() < 1e-12), "{scores:?}");
     }
 
     #[test]

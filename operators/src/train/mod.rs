@@ -135,6 +135,8 @@ pub struct Snapshot {
 pub enum TrainEvent {
     Step(StepReport),
     Snapshot(Arc<Snapshot>),
+    /// What a grounding trainer reports besides steps and snapshots.
+    Grounding(Arc<crate::grounding::GroundingEvent>),
 }
 
 /// State one worker's operators share: the replica, and where training is.

@@ -1,6 +1,7 @@
 //! What flows along an edge: one [`DataKind`] per message type, and the
 //! stream of any kind that the builder passes between stages.
 
+use locvtp_operators::grounding::GroundingSample;
 use locvtp_operators::samples::Sample;
 use locvtp_operators::train::TrainEvent;
 use locvtp_operators::{ClipMsg, FeatureMsg, FrameMsg, Narration, VideoCaptions, VideoItem, VideoMeta};
@@ -87,8 +88,10 @@ data_kinds! {
     /// Training samples: T segments of F frames with a caption, at a step.
     Samples(Sample),
     /// What training did at each step: losses, and the training state for
-    /// checkpoints.
+    /// checkpoints (and, from a grounding trainer, its ranked moments).
     Training(TrainEvent),
+    /// Grounding queries of a split with their video's clip features.
+    GroundingQueries(GroundingSample),
 }
 
 impl fmt::Display for DataKind {

@@ -233,7 +233,7 @@ fn registry_names_are_unique_and_every_variant_is_registered() {
         assert_eq!(StageEntry::lookup(name).unwrap().name, *name);
     }
     let sinks: Vec<&str> = StageEntry::all().iter().filter(|t| t.is_sink()).map(|t| t.name).collect();
-    assert_eq!(sinks, ["hdf5_writer", "npy_writer", "evaluate", "checkpoints", "metrics"]);
+    assert_eq!(sinks, ["hdf5_writer", "npy_writer", "evaluate", "checkpoints", "metrics", "grounding_eval"]);
 }
 
 #[test]

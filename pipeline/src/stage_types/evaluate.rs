@@ -196,9 +196,16 @@ mod tests {
         let g = &result["grounding"];
         assert_eq!(g["queries"], 2, "the annotation of a video without features is left out: {g}");
         for k in ["R@1_IoU0.3", "R@1_IoU0.5", "R@1_IoU0.7", "mIoU"] {
-            let (model, random) = (g[k].as_f64().unwrap(), g["random"][k].as_f64().unwrap());
-            assert!((0.0..=1.0).contains(&model) && (0.0..=1.0).contains(&random), "{k}: {g}");
+            for values in [g, &g["random"], &g["whole_video"]] {
+                let v = values[k].as_f64().unwrap_or_else(|| panic!("{k}: {g}"));
+                let [low, high] = [0, 1].map(|b| values["interval"][k][b].as_f64().unwrap());
+                assert!((0.0..=1.0).contains(&v) && low <= v && v <= high, "{k}: {g}");
+            }
         }
+        // The video's 2 s are one window of its candidates: the whole video
+        // hits neither half-video truth at IoU 0.7, and covers each half.
+        assert_eq!(g["whole_video"]["R@1_IoU0.7"], 0.0);
+        assert_eq!(g["whole_video"]["mIoU"], 0.5);
         assert_eq!(result["videos"], 1);
     }
 }

@@ -28,6 +28,9 @@ stage_types! {
     evaluate::Evaluate,
     checkpoints::Checkpoints,
     metrics::Metrics,
+    grounding_data::GroundingData,
+    train_grounding::TrainGrounding,
+    grounding_eval::GroundingEval,
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use tch::nn::{self, Init};
 
 /// PyTorch's default for conv and linear biases and conv weights
 /// (kaiming-uniform with a = sqrt 5 reduces to this bound).
-fn default_uniform(fan_in: i64) -> Init {
+pub(crate) fn default_uniform(fan_in: i64) -> Init {
     let bound = 1.0 / (fan_in as f64).sqrt();
     Init::Uniform { lo: -bound, up: bound }
 }

@@ -1,6 +1,7 @@
 //! The LocVTP model on libtorch: C3D, projection heads, context projections,
 //! splice predictor, the frozen text encoder, the six loss terms and
-//! safetensors checkpoints. This crate needs libtorch only (no FFmpeg, no
+//! safetensors checkpoints; and the downstream grounding model (2D-TAN)
+//! with the metrics and baselines it is reported with. This crate needs libtorch only (no FFmpeg, no
 //! HDF5), so it runs alone on a GPU machine.
 
 pub mod amp;
@@ -12,6 +13,8 @@ pub mod heads;
 mod init;
 pub mod loss;
 pub mod memory;
+pub mod moments;
+pub mod tan;
 pub mod text;
 pub mod train;
 

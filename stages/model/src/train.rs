@@ -400,7 +400,7 @@ const RESERVED: [&str; 6] = ["format", "epoch", "step", "seed", "model_config", 
 /// atomically. Its weights load like any model checkpoint
 /// ([`checkpoint::load_weights`] skips the `optimizer.` tensors).
 pub fn save_training_checkpoint(path: &Path, model: &LocVtp, adam: &Adam, meta: &TrainMeta) -> Result<()> {
-    let (tensors, metadata) = training_state(model, adam, meta)?;
+    let (tensors, metadata) = training_state(&model.vs, &serde_json::to_string(&model.cfg)?, adam, meta)?;
     checkpoint::write_safetensors(path, &tensors, &metadata)
 }
 
@@ -419,7 +419,19 @@ pub struct TrainingSnapshot {
 impl TrainingSnapshot {
     /// A deep copy of `model` and `adam` as they are now.
     pub fn take(model: &LocVtp, adam: &Adam, meta: &TrainMeta) -> Result<TrainingSnapshot> {
-        let (tensors, metadata) = training_state(model, adam, meta)?;
+        Self::take_store(&model.vs, &serde_json::to_string(&model.cfg)?, adam, meta)
+    }
+
+    /// A deep copy of any model's variables and `adam`; `model_config` is
+    /// the JSON of the configuration that fixes the variables' shapes,
+    /// which [`load_training_state`] compares on resume.
+    pub fn take_store(
+        vs: &nn::VarStore,
+        model_config: &str,
+        adam: &Adam,
+        meta: &TrainMeta,
+    ) -> Result<TrainingSnapshot> {
+        let (tensors, metadata) = training_state(vs, model_config, adam, meta)?;
         let tensors = tch::no_grad(|| tensors.into_iter().map(|(n, t)| (n, t.copy())).collect());
         Ok(TrainingSnapshot { meta: meta.clone(), tensors: std::sync::Mutex::new(tensors), metadata })
     }
@@ -434,7 +446,7 @@ impl TrainingSnapshot {
 type TrainingState = (Vec<(String, Tensor)>, BTreeMap<String, String>);
 
 /// The tensors (shallow) and metadata of a training checkpoint.
-fn training_state(model: &LocVtp, adam: &Adam, meta: &TrainMeta) -> Result<TrainingState> {
+fn training_state(vs: &nn::VarStore, model_config: &str, adam: &Adam, meta: &TrainMeta) -> Result<TrainingState> {
     let mut metadata = BTreeMap::new();
     for (k, v) in &meta.extra {
         if RESERVED.contains(&k.as_str()) {
@@ -446,9 +458,9 @@ fn training_state(model: &LocVtp, adam: &Adam, meta: &TrainMeta) -> Result<Train
     metadata.insert("epoch".into(), meta.epoch.to_string());
     metadata.insert("step".into(), meta.step.to_string());
     metadata.insert("seed".into(), meta.seed.to_string());
-    metadata.insert("model_config".into(), serde_json::to_string(&model.cfg)?);
+    metadata.insert("model_config".into(), model_config.to_string());
     metadata.insert("adam".into(), serde_json::to_string(&adam.config())?);
-    let mut tensors = checkpoint::named_variables(&model.vs);
+    let mut tensors = checkpoint::named_variables(vs);
     tensors.extend(adam.named_tensors());
     Ok((tensors, metadata))
 }
@@ -506,6 +518,31 @@ pub fn load_training_checkpoint(path: &Path, model: &mut LocVtp) -> Result<(Adam
         seed: get("seed")?.parse()?,
         extra: metadata.into_iter().filter(|(k, _)| !RESERVED.contains(&k.as_str())).collect(),
     };
+    Ok((adam, meta))
+}
+
+/// Restores weights into `vs` and returns the optimiser and metadata of a
+/// training checkpoint of any model, after checking that it was trained
+/// with `model_config` (the JSON [`TrainingSnapshot::take_store`] stored).
+pub fn load_training_state(path: &Path, vs: &mut nn::VarStore, model_config: &str) -> Result<(Adam, TrainMeta)> {
+    let (tensors, metadata) = checkpoint::read_safetensors(path)?;
+    let get = |k: &str| metadata.get(k).with_context(|| format!("{}: metadata {k} missing", path.display()));
+    if get("format")? != FORMAT {
+        bail!("{}: not a training checkpoint (format {:?})", path.display(), get("format")?);
+    }
+    let same = serde_json::from_str::<serde_json::Value>(get("model_config")?).ok()
+        == serde_json::from_str::<serde_json::Value>(model_config).ok();
+    if !same {
+        bail!(
+            "{}: trained with model config {}, the model was built with {model_config}",
+            path.display(),
+            get("model_config")?
+        );
+    }
+    checkpoint::load_weights(vs, path)?;
+    let adam_cfg: AdamConfig = serde_json::from_str(get("adam")?)?;
+    let adam = Adam::from_named_tensors(&*vs, adam_cfg, &tensors).with_context(|| path.display().to_string())?;
+    let meta = meta_from(path, metadata)?;
     Ok((adam, meta))
 }
 

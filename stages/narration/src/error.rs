@@ -109,6 +109,13 @@ pub enum NarrationError {
     /// A negative or non-finite time.
     #[error("{at}: time {value} is negative or not finite")]
     InvalidTime { at: Location, value: f64 },
+    /// A moment whose start equals its end: nothing to localise.
+    #[error("{at}: empty moment (start and end are both {time} s)")]
+    EmptyMoment { at: Location, time: f64 },
+    /// A moment that lies wholly outside its video, so clamping it to the
+    /// video leaves nothing.
+    #[error("{at}: moment {start}-{end} s lies outside the video (0-{duration} s)")]
+    OutsideVideo { at: Location, start: f64, end: f64, duration: f64 },
     /// An `AlignConfig` whose values contradict each other.
     #[error("invalid alignment config: {0}")]
     Config(String),
@@ -123,7 +130,9 @@ impl NarrationError {
             | Self::Malformed { at, .. }
             | Self::LengthMismatch { at, .. }
             | Self::InvertedTime { at, .. }
-            | Self::InvalidTime { at, .. } => Some(at),
+            | Self::InvalidTime { at, .. }
+            | Self::EmptyMoment { at, .. }
+            | Self::OutsideVideo { at, .. } => Some(at),
             Self::Io { .. } | Self::UnsupportedExtension { .. } | Self::Config(_) => None,
         }
     }
@@ -153,6 +162,9 @@ pub enum Warning {
     MissingWebVttHeader { file: PathBuf },
     /// An item was skipped for this reason; the rest of the file was read.
     Skipped(NarrationError),
+    /// A moment reaching before 0 or past its video's end was clamped to
+    /// the video and kept (ActivityNet Captions has such timestamps).
+    Clamped { at: Location, from: (f64, f64), to: (f64, f64), duration: Option<f64> },
 }
 
 impl fmt::Display for Warning {
@@ -169,6 +181,13 @@ impl fmt::Display for Warning {
                 write!(f, "{}: no WEBVTT header line, read anyway", file.display())
             }
             Self::Skipped(error) => write!(f, "skipped: {error}"),
+            Self::Clamped { at, from, to, duration } => {
+                write!(f, "{at}: moment {}-{} s clamped to {}-{} s", from.0, from.1, to.0, to.1)?;
+                match duration {
+                    Some(d) => write!(f, " (the video lasts {d} s)"),
+                    None => write!(f, " (times cannot be negative)"),
+                }
+            }
         }
     }
 }

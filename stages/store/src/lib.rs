@@ -401,6 +401,72 @@ pub fn read_all(path: &Path, layout: impl Into<Layout>) -> Result<AllFeatures> {
         .collect()
 }
 
+/// One video of a feature file with what its attributes tell about time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredVideo {
+    pub video_id: String,
+    /// Row-major `[clips, dim]`.
+    pub values: Vec<f32>,
+    pub clips: usize,
+    pub dim: usize,
+    /// `fps` and `frames` attributes (this project's writer sets both);
+    /// `None` for files from elsewhere.
+    pub fps: Option<f64>,
+    pub frames: Option<u64>,
+}
+
+impl StoredVideo {
+    /// Duration from the attributes, when the file has them.
+    pub fn duration_s(&self) -> Option<f64> {
+        match (self.fps, self.frames) {
+            (Some(fps), Some(frames)) if fps > 0.0 && frames > 0 => Some(frames as f64 / fps),
+            _ => None,
+        }
+    }
+}
+
+/// Where the videos' features sit in a file when the reader is not told:
+/// groups at the root mean the group layout with `dataset` in each, and
+/// datasets at the root the flat layout. `Err` for an empty file or one
+/// mixing both.
+pub fn detect_layout(path: &Path, dataset: &str) -> Result<Layout> {
+    let file = hdf5::File::open(path).with_context(|| format!("{}: cannot open HDF5 file", path.display()))?;
+    let (groups, datasets) = (file.groups()?.len(), file.datasets()?.len());
+    match (groups, datasets) {
+        (0, 0) => bail!("{}: holds no video", path.display()),
+        (_, 0) => Ok(Layout::Group { dataset: dataset.to_string() }),
+        (0, _) => Ok(Layout::Flat),
+        _ => bail!("{}: mixes groups ({groups}) and datasets ({datasets}) at the root", path.display()),
+    }
+}
+
+/// The file-level attribute `name` as a string, if there is one.
+pub fn file_attr(path: &Path, name: &str) -> Option<String> {
+    let file = hdf5::File::open(path).ok()?;
+    let v: VarLenUnicode = file.attr(name).ok()?.read_scalar().ok()?;
+    Some(v.as_str().to_string())
+}
+
+/// Every video of a feature file with its `fps` and `frames` attributes;
+/// a video whose dataset cannot be read comes back as its error, so that
+/// one bad entry does not lose the file.
+pub fn read_videos(path: &Path, layout: &Layout) -> Result<Vec<Result<StoredVideo>>> {
+    let file = hdf5::File::open(path).with_context(|| format!("{}: cannot open HDF5 file", path.display()))?;
+    let mut out = Vec::new();
+    for video_id in list_videos(path)? {
+        let read = || -> Result<StoredVideo> {
+            let name = layout.dataset_path(&video_id);
+            let (values, [clips, dim]) = read_dataset(&file, path, &name)?;
+            let ds = file.dataset(&name)?;
+            let fps = ds.attr("fps").ok().and_then(|a| a.read_scalar::<f64>().ok());
+            let frames = ds.attr("frames").ok().and_then(|a| a.read_scalar::<u64>().ok());
+            Ok(StoredVideo { video_id: video_id.clone(), values, clips, dim, fps, frames })
+        };
+        out.push(read().with_context(|| format!("video {video_id}")));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,6 +609,32 @@ mod tests {
         let all = read_all(&path, Layout::Flat).unwrap();
         assert_eq!(all["b"], (recs[1].features.clone(), [2, 4]));
         assert!(read_all(&path, "c3d_features").is_err(), "the group layout's path does not exist here");
+    }
+
+    #[test]
+    fn videos_are_read_with_their_timing_in_either_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunAttrs { clip_frames: 16, stride: 8, layer: "projection".into(), checkpoint: "abc".into() };
+        let recs = vec![record("a", 3, 2, 0.0), record("b", 1, 2, 1.0)];
+        for (name, layout) in [("g.h5", Layout::from("c3d_features")), ("f.h5", Layout::Flat)] {
+            let path = dir.path().join(name);
+            write_hdf5(&path, &layout, &run, &recs).unwrap();
+            assert_eq!(detect_layout(&path, "c3d_features").unwrap(), layout);
+            let videos: Vec<StoredVideo> =
+                read_videos(&path, &layout).unwrap().into_iter().map(Result::unwrap).collect();
+            assert_eq!(videos.len(), 2);
+            assert_eq!((videos[0].video_id.as_str(), videos[0].clips, videos[0].dim), ("a", 3, 2));
+            assert_eq!(videos[0].duration_s(), Some(40.0 / 25.0));
+            assert_eq!(file_attr(&path, "checkpoint").as_deref(), Some("abc"));
+        }
+        // A file from elsewhere: no attributes, no duration.
+        let path = dir.path().join("bare.h5");
+        let file = hdf5::File::create(&path).unwrap();
+        file.new_dataset::<f32>().shape([2, 2]).create("v").unwrap().write_raw(&[1f32, 2.0, 3.0, 4.0]).unwrap();
+        drop(file);
+        let v = read_videos(&path, &Layout::Flat).unwrap().remove(0).unwrap();
+        assert_eq!((v.fps, v.duration_s()), (None, None));
+        assert!(detect_layout(&dir.path().join("missing.h5"), "x").is_err());
     }
 
     #[test]

@@ -17,20 +17,52 @@ use super::render::SynthSpec;
 use super::scene::{Background, Colour, Motion, Scene, Shape};
 use super::GENERATOR_VERSION;
 
-/// Which part of the demo set a video belongs to.
+/// Which part of the demo set a video belongs to: pre-training and its
+/// held-out evaluation, or one of the three splits of the downstream
+/// grounding set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Split {
     Train,
     Heldout,
+    GroundingTrain,
+    GroundingVal,
+    GroundingTest,
 }
 
 impl Split {
-    /// Also the folder name under the demo directory.
+    pub const ALL: [Split; 5] =
+        [Split::Train, Split::Heldout, Split::GroundingTrain, Split::GroundingVal, Split::GroundingTest];
+
     pub fn name(self) -> &'static str {
         match self {
             Split::Train => "train",
             Split::Heldout => "heldout",
+            Split::GroundingTrain => "grounding_train",
+            Split::GroundingVal => "grounding_val",
+            Split::GroundingTest => "grounding_test",
+        }
+    }
+
+    /// The folder of its videos and narration under the demo directory:
+    /// the grounding splits share one, so that one extraction run covers
+    /// them.
+    pub fn folder(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Heldout => "heldout",
+            Split::GroundingTrain | Split::GroundingVal | Split::GroundingTest => "grounding",
+        }
+    }
+
+    /// The grounding annotation file of a grounding split, relative to the
+    /// demo directory.
+    pub fn annotations(self) -> Option<&'static str> {
+        match self {
+            Split::Train | Split::Heldout => None,
+            Split::GroundingTrain => Some("grounding/train.txt"),
+            Split::GroundingVal => Some("grounding/val.txt"),
+            Split::GroundingTest => Some("grounding/test.txt"),
         }
     }
 }
@@ -94,6 +126,37 @@ pub fn demo_set(seed: u64) -> Vec<DemoVideo> {
             }
         })
         .collect()
+}
+
+/// Videos of the downstream grounding set: train, validation and test.
+/// The test split's size is set by the intervals: with
+/// `GROUNDING_SCENES` queries a video, 40 test videos give 120 queries,
+/// whose 95% Wilson interval is at most +-0.089 wide around any R@1, so a
+/// difference of 0.1 lies outside it.
+pub const GROUNDING_VIDEOS: [(Split, usize); 3] =
+    [(Split::GroundingTrain, 80), (Split::GroundingVal, 16), (Split::GroundingTest, 40)];
+/// Scenes, and so grounding queries, per grounding video.
+pub const GROUNDING_SCENES: usize = 3;
+
+/// The downstream grounding set for `seed`: videos of 4-7 s at 160x120 and
+/// 25 fps with three scenes each, one query per scene. Drawn from its own
+/// stream of the seed, so that adding it left the pre-training videos of
+/// every seed as they were.
+pub fn grounding_set(seed: u64) -> Vec<DemoVideo> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6772_6f75_6e64_696e);
+    let mut out = Vec::new();
+    for (split, count) in GROUNDING_VIDEOS {
+        for _ in 0..count {
+            let seconds = f64::from(rng.random_range(8u32..=14)) * 0.5;
+            let scenes = random_scenes(&mut rng, seconds, GROUNDING_SCENES);
+            out.push(DemoVideo {
+                id: format!("ground{:03}", out.len()),
+                split,
+                spec: SynthSpec::new(160, 120, (25, 1), seconds, scenes),
+            });
+        }
+    }
+    out
 }
 
 /// `n` scenes tiling `[0, seconds)`, cut at tenths of a second, each
@@ -170,13 +233,17 @@ impl DemoManifest {
 /// dir/train/videos/<id>.mp4      dir/train/narration/<id>.vtt
 /// dir/heldout/videos/<id>.mp4    dir/heldout/narration/<id>.vtt
 /// dir/heldout/grounding.txt      (Charades-STA: `id start end##sentence`)
+/// dir/grounding/videos/<id>.mp4  dir/grounding/narration/<id>.vtt
+/// dir/grounding/{train,val,test}.txt   (the downstream grounding splits)
 /// ```
 ///
 /// Does nothing when `manifest.json` already matches what would be written
 /// and every file it lists exists. The manifest is written last, so an
 /// interrupted run is redone in full next time.
 pub fn write_demo_set(dir: &Path, seed: u64) -> anyhow::Result<DemoManifest> {
-    write_set(dir, seed, &demo_set(seed))
+    let mut videos = demo_set(seed);
+    videos.extend(grounding_set(seed));
+    write_set(dir, seed, &videos)
 }
 
 fn write_set(dir: &Path, seed: u64, videos: &[DemoVideo]) -> anyhow::Result<DemoManifest> {
@@ -190,8 +257,8 @@ fn write_set(dir: &Path, seed: u64, videos: &[DemoVideo]) -> anyhow::Result<Demo
             .map(|v| ManifestVideo {
                 id: v.id.clone(),
                 split: v.split,
-                video: format!("{}/videos/{}.mp4", v.split.name(), v.id),
-                narration: format!("{}/narration/{}.vtt", v.split.name(), v.id),
+                video: format!("{}/videos/{}.mp4", v.split.folder(), v.id),
+                narration: format!("{}/narration/{}.vtt", v.split.folder(), v.id),
                 width: v.spec.width,
                 height: v.spec.height,
                 fps: v.spec.fps,
@@ -207,38 +274,66 @@ fn write_set(dir: &Path, seed: u64, videos: &[DemoVideo]) -> anyhow::Result<Demo
         return Ok(manifest);
     }
 
-    for split in [Split::Train, Split::Heldout] {
+    for v in videos {
         for sub in ["videos", "narration"] {
-            let d = dir.join(split.name()).join(sub);
+            let d = dir.join(v.split.folder()).join(sub);
             fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
     }
-    let mut grounding = String::new();
     for (v, m) in videos.iter().zip(&manifest.videos) {
         let frames = write_video(&v.spec, &dir.join(&m.video))?;
         ensure!(frames == v.spec.num_frames, "{}: wrote {frames} frames, expected {}", v.id, v.spec.num_frames);
         write_atomic(&dir.join(&m.narration), &narration_webvtt(&v.spec.scenes))?;
-        if v.split == Split::Heldout {
+    }
+    for (path, text) in annotation_files(videos) {
+        write_atomic(&dir.join(path), &text)?;
+    }
+    write_atomic(&manifest_path, &json)?;
+    Ok(manifest)
+}
+
+/// Where the grounding annotations of a split go: the held-out videos'
+/// zero-shot file, and one file per downstream grounding split.
+fn annotation_path(split: Split) -> Option<&'static str> {
+    match split {
+        Split::Train => None,
+        Split::Heldout => Some("heldout/grounding.txt"),
+        other => other.annotations(),
+    }
+}
+
+/// The Charades-STA files of `videos`, one line per scene, in the order of
+/// [`Split::ALL`]; a split without videos has no file.
+fn annotation_files(videos: &[DemoVideo]) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for split in Split::ALL {
+        let Some(path) = annotation_path(split) else { continue };
+        let mut text = String::new();
+        let mut any = false;
+        for v in videos.iter().filter(|v| v.split == split) {
+            any = true;
             let duration = v.spec.duration_s();
             for s in &v.spec.scenes {
                 let end = s.end_s.min(duration);
                 if end <= s.start_s {
                     continue;
                 }
-                let _ = writeln!(grounding, "{} {:.2} {:.2}##{}", v.id, s.start_s, end, scene_sentence(s));
+                let _ = writeln!(text, "{} {:.2} {:.2}##{}", v.id, s.start_s, end, scene_sentence(s));
             }
         }
+        if any {
+            out.push((path, text));
+        }
     }
-    write_atomic(&dir.join(Split::Heldout.name()).join("grounding.txt"), &grounding)?;
-    write_atomic(&manifest_path, &json)?;
-    Ok(manifest)
+    out
 }
 
 fn is_complete(dir: &Path, manifest: &DemoManifest, json: &str) -> bool {
     let same = fs::read_to_string(dir.join("manifest.json")).is_ok_and(|old| old == json);
     let non_empty = |p: PathBuf| fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0);
+    let splits: std::collections::HashSet<Split> = manifest.videos.iter().map(|v| v.split).collect();
     same && manifest.videos.iter().all(|v| non_empty(dir.join(&v.video)) && dir.join(&v.narration).is_file())
-        && dir.join(Split::Heldout.name()).join("grounding.txt").is_file()
+        && splits.iter().filter_map(|s| annotation_path(*s)).all(|p| dir.join(p).is_file())
 }
 
 fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -320,27 +415,73 @@ mod tests {
     }
 
     #[test]
+    fn the_grounding_set_has_three_splits_and_enough_test_queries() {
+        let set = grounding_set(0);
+        assert_eq!(set, grounding_set(0));
+        assert_ne!(set, grounding_set(1));
+        assert_eq!(demo_set(0), demo_set(0), "the pre-training videos do not depend on it");
+        let files = annotation_files(&set);
+        let paths: Vec<&str> = files.iter().map(|(p, _)| *p).collect();
+        assert_eq!(paths, ["grounding/train.txt", "grounding/val.txt", "grounding/test.txt"]);
+        let queries: Vec<usize> = files.iter().map(|(_, t)| t.lines().count()).collect();
+        assert_eq!(queries, [240, 48, 120]);
+        // R@1 near 0.5 on the test split: the 95% Wilson interval is
+        // narrower than +-0.1.
+        let n = queries[2] as f64;
+        assert!(1.96 * (0.25 / n).sqrt() < 0.1);
+        // No video in two splits; every line names a video of its own split.
+        let mut ids = std::collections::HashSet::new();
+        for (path, text) in &files {
+            let split = Split::ALL.into_iter().find(|s| s.annotations() == Some(*path)).unwrap();
+            for line in text.lines() {
+                let id = line.split(' ').next().unwrap();
+                assert!(set.iter().any(|v| v.id == id && v.split == split), "{path}: {line}");
+            }
+            let own: std::collections::HashSet<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
+            for id in own {
+                assert!(ids.insert(id.to_string()), "{id} in two splits");
+            }
+        }
+        for v in &set {
+            v.spec.validate().unwrap();
+            assert_eq!(v.spec.scenes.len(), GROUNDING_SCENES);
+            assert!((3.9..=7.1).contains(&v.spec.duration_s()), "{}", v.id);
+        }
+    }
+
+    #[test]
     fn demo_layout_is_written_once_and_reproducibly() {
         let tiny = |id: &str, split: Split, fps: (i32, i32)| DemoVideo {
             id: id.to_string(),
             split,
             spec: tiny_spec(fps, 0.6),
         };
-        let videos = vec![tiny("t0", Split::Train, (25, 1)), tiny("h0", Split::Heldout, (30000, 1001))];
+        let videos = vec![
+            tiny("t0", Split::Train, (25, 1)),
+            tiny("h0", Split::Heldout, (30000, 1001)),
+            tiny("g0", Split::GroundingTrain, (25, 1)),
+            tiny("g1", Split::GroundingTest, (25, 1)),
+        ];
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let m = write_set(root, 11, &videos).unwrap();
-        assert_eq!(m.videos.len(), 2);
+        assert_eq!(m.videos.len(), 4);
         for rel in [
             "train/videos/t0.mp4",
             "train/narration/t0.vtt",
             "heldout/videos/h0.mp4",
             "heldout/narration/h0.vtt",
             "heldout/grounding.txt",
+            "grounding/videos/g0.mp4",
+            "grounding/videos/g1.mp4",
+            "grounding/train.txt",
+            "grounding/test.txt",
             "manifest.json",
         ] {
             assert!(root.join(rel).is_file(), "{rel}");
         }
+        assert!(!root.join("grounding/val.txt").exists(), "no validation video, no file");
+        assert!(fs::read_to_string(root.join("grounding/test.txt")).unwrap().starts_with("g1 0.00 0.30##"));
         let grounding = fs::read_to_string(root.join("heldout/grounding.txt")).unwrap();
         assert_eq!(
             grounding,

@@ -18,7 +18,8 @@ mod render;
 mod scene;
 
 pub use demo_set::{
-    demo_set, write_corpus, write_demo_set, DemoManifest, DemoVideo, ManifestVideo, Split, DEMO_HELDOUT, DEMO_VIDEOS,
+    demo_set, grounding_set, write_corpus, write_demo_set, DemoManifest, DemoVideo, ManifestVideo, Split, DEMO_HELDOUT,
+    DEMO_VIDEOS, GROUNDING_SCENES, GROUNDING_VIDEOS,
 };
 pub use encode::{write_video, VideoCodec};
 pub use narration::{narration_webvtt, scene_sentence, vtt_timestamp};
