@@ -199,14 +199,13 @@ impl TextStore {
             return Some(e.clone());
         }
         let key = key_of(text);
-        let found = self
-            .unsealed
-            .get(&key)
-            .and_then(|v| v.iter().find(|(t, _)| t == text).map(|(_, e)| e.clone()))
-            .or_else(|| {
-                let zstd = &mut self.decompressor;
-                self.sealed.iter().rev().find_map(|s| s.get(key, text, zstd)).map(Arc::new)
-            })?;
+        let found =
+            self.unsealed.get(&key).and_then(|v| v.iter().find(|(t, _)| t == text).map(|(_, e)| e.clone())).or_else(
+                || {
+                    let zstd = &mut self.decompressor;
+                    self.sealed.iter().rev().find_map(|s| s.get(key, text, zstd)).map(Arc::new)
+                },
+            )?;
         self.recent.put(text.to_string(), found.clone());
         Some(found)
     }

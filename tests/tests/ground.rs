@@ -62,7 +62,13 @@ fn make_dataset(root: &Path) {
     // (clamped, kept), a video without features, an empty moment.
     splits[0]
         .push_str("vid00 1 2#one hash\nvid01 10 17.5##a red circle past the end.\nnofeat 0 1##x\nvid02 3 3##empty\n");
-    let run = RunAttrs { clip_frames: 16, stride: 25, layer: "projection".into(), checkpoint: "synthetic".into() };
+    let run = RunAttrs {
+        clip_frames: 16,
+        stride: 25,
+        layer: "projection".into(),
+        checkpoint: "synthetic".into(),
+        ..RunAttrs::default()
+    };
     write_hdf5(&root.join("features.h5"), "c3d_features", &run, &records).unwrap();
     for (name, text) in ["train", "val", "test"].iter().zip(&splits) {
         std::fs::write(root.join(format!("{name}.txt")), text).unwrap();

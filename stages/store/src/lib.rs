@@ -614,7 +614,13 @@ mod tests {
     #[test]
     fn videos_are_read_with_their_timing_in_either_layout() {
         let dir = tempfile::tempdir().unwrap();
-        let run = RunAttrs { clip_frames: 16, stride: 8, layer: "projection".into(), checkpoint: "abc".into() };
+        let run = RunAttrs {
+            clip_frames: 16,
+            stride: 8,
+            layer: "projection".into(),
+            checkpoint: "abc".into(),
+            ..RunAttrs::default()
+        };
         let recs = vec![record("a", 3, 2, 0.0), record("b", 1, 2, 1.0)];
         for (name, layout) in [("g.h5", Layout::from("c3d_features")), ("f.h5", Layout::Flat)] {
             let path = dir.path().join(name);
