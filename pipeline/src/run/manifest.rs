@@ -48,6 +48,7 @@ pub const NOT_SETTINGS: &[&str] = &[
     "device",
     "text_store",
     "threads",
+    "torch_threads",
     "prefetch",
 ];
 

@@ -89,6 +89,12 @@ pub struct Train {
     /// Without it such a resume stops with exit code 2 and lists them.
     #[serde(default)]
     pub accept_changed_settings: bool,
+    /// libtorch threads per worker for the model's CPU work (0: libtorch's
+    /// default, one per core). How many threads split a sum decides how
+    /// it is rounded, so fixing this makes losses repeat exactly on
+    /// machines with other core counts.
+    #[serde(default)]
+    pub torch_threads: usize,
 }
 
 fn default_epochs() -> usize {
@@ -347,6 +353,11 @@ impl StageType for Train {
         mut inputs: Inputs<'s>,
     ) -> Result<Built<'s>, BuildError> {
         let samples = inputs.take::<Sample>(0)?;
+        if self.torch_threads > 0 {
+            // OpenMP keeps the thread count per calling thread: this is
+            // the worker thread that runs the replica.
+            tch::set_num_threads(self.torch_threads as i32);
+        }
         let device = self.device.for_worker(ctx.device_slot());
         if device.is_cuda() {
             // Sample shapes are fixed; cuDNN's autotuner pays off.
