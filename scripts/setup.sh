@@ -77,13 +77,13 @@ die() {
 
 # Steps that change the machine. In --check mode each is only named; the
 # rest of the script decides exactly as it would otherwise.
-TODO=0
+MISSING_STEPS=0
 step() {
   local what="$1"
   shift
   if [ "$CHECK" = 1 ]; then
     log "would: $what"
-    TODO=$((TODO + 1))
+    MISSING_STEPS=$((MISSING_STEPS + 1))
     return 0
   fi
   log "$what"
@@ -340,8 +340,8 @@ elif [ "$(cat "$CHOICE" 2>/dev/null)" != "$choice" ]; then
 fi
 
 if [ "$CHECK" = 1 ]; then
-  if [ "$TODO" -gt 0 ]; then
-    log "$TODO steps to do"
+  if [ "$MISSING_STEPS" -gt 0 ]; then
+    log "$MISSING_STEPS steps to do"
     exit 1
   fi
   log "nothing to do"
