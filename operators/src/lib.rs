@@ -11,6 +11,7 @@
 
 pub mod accumulate;
 pub mod align;
+pub mod bulk;
 pub mod clips;
 pub mod collect;
 pub mod control;

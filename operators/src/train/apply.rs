@@ -3,6 +3,7 @@
 use super::reduce::MeanShard;
 use super::{concat_chunks, Shared, Snapshot, SnapshotReason, StepReport, TrainConfig};
 use crate::accumulate::PerTime;
+use crate::bulk::Unbatched;
 use crate::manifest::RUN_MANIFEST_KEY;
 use crate::run::{catch_panic, RunShared, StopCause};
 use crate::samples::StepInfo;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tch::{Kind, Tensor};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::ExchangeCore;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 
@@ -38,14 +39,14 @@ fn wants_snapshot(cfg: &TrainConfig, at: StepInfo, run: &RunShared) -> Option<Sn
 }
 
 pub(super) fn apply<'s>(
-    means: Stream<'s, u64, Vec<MeanShard>>,
+    means: Stream<'s, u64, Unbatched<MeanShard>>,
     shared: Rc<RefCell<Shared>>,
     cfg: TrainConfig,
     run: Arc<RunShared>,
 ) -> Stream<'s, u64, Vec<StepReport>> {
     let index = means.scope().index();
     means.unary_frontier::<CapacityContainerBuilder<Vec<StepReport>>, _, _, _>(
-        Exchange::new(|m: &MeanShard| u64::from(m.target)),
+        ExchangeCore::new(|m: &MeanShard| u64::from(m.target)),
         "ApplyGradients",
         move |_cap, _info| {
             let mut open: PerTime<Vec<MeanShard>> = PerTime::default();
@@ -59,7 +60,7 @@ pub(super) fn apply<'s>(
                     shards.sort_by_key(|s| s.chunk);
                     let at = shards[0].at;
                     let mut sh = shared.borrow_mut();
-                    let flat = concat_chunks(shards.iter().map(|s| s.values.as_slice()), sh.layout.total);
+                    let flat = concat_chunks(shards.iter().map(|s| s.values.as_bytes()), sh.layout.total);
                     let began = Instant::now();
                     let lr = cfg.schedule.lr_at(i64::from(at.epoch));
                     {

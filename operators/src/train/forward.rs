@@ -1,7 +1,8 @@
 //! Forward and backward on this worker's micro-batches of each step.
 
-use super::{chunk_range, chunks, to_bytes, Shared, TrainConfig};
+use super::{chunk_range, chunks, Shared, TrainConfig};
 use crate::accumulate::PerTime;
+use crate::bulk::{BulkRecord, Floats, Unbatched};
 use crate::run::{catch_panic, RunShared};
 use crate::samples::{Sample, StepInfo};
 use crate::stats::RunStats;
@@ -29,10 +30,22 @@ pub struct GradPart {
     pub part: u32,
     pub chunk: u32,
     pub samples: u32,
-    #[serde(with = "serde_bytes")]
-    pub values: Vec<u8>,
+    pub values: Floats,
     /// Loss terms times the sample count (chunk 0 only).
     pub terms: Vec<(String, f64)>,
+}
+
+impl BulkRecord for GradPart {
+    type Header = (StepInfo, u32, u32, u32, Vec<(String, f64)>);
+    fn header(&self) -> Self::Header {
+        (self.at, self.part, self.chunk, self.samples, self.terms.clone())
+    }
+    fn payload(&self) -> &Floats {
+        &self.values
+    }
+    fn assemble((at, part, chunk, samples, terms): Self::Header, values: Floats) -> GradPart {
+        GradPart { at, part, chunk, samples, values, terms }
+    }
 }
 
 /// libtorch's random generator (dropout) is process-wide: a worker seeds it
@@ -52,10 +65,10 @@ pub(super) fn forward<'s>(
     shared: Rc<RefCell<Shared>>,
     cfg: TrainConfig,
     run: Arc<RunShared>,
-) -> Stream<'s, u64, Vec<GradPart>> {
+) -> Stream<'s, u64, Unbatched<GradPart>> {
     let worker = samples.scope().worker();
     let parts = cfg.micro_batches.max(1) as u64;
-    samples.unary_frontier::<CapacityContainerBuilder<Vec<GradPart>>, _, _, _>(
+    samples.unary_frontier::<CapacityContainerBuilder<Unbatched<GradPart>>, _, _, _>(
         Exchange::new(move |s: &Sample| u64::from(s.slot) % parts),
         "TrainForward",
         move |_cap, info| {
@@ -154,13 +167,16 @@ fn run_step(
             (sh.layout.flatten(&rep.model, m as f64), terms.values())
         };
         let terms: Vec<(String, f64)> = terms.into_iter().map(|(k, v)| (k.to_string(), v * m as f64)).collect();
+        // The chunks are views of one shared vector: no copies before the
+        // exchange writes them out.
+        let flat = Arc::new(flat);
         for c in 0..chunks(flat.len()) {
             out.push(GradPart {
                 at,
                 part: part as u32,
                 chunk: c as u32,
                 samples: m as u32,
-                values: to_bytes(&flat[chunk_range(flat.len(), c)]),
+                values: Floats::view(&flat, chunk_range(flat.len(), c)),
                 terms: if c == 0 { terms.clone() } else { Vec::new() },
             });
         }

@@ -205,7 +205,7 @@ pub fn concat_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, total: usiz
 /// messages cost timely's network buffers copies as they grow, so the
 /// gradient travels in chunks; chunk `c` is summed by worker `c mod
 /// workers`, which spreads the work whatever the worker count.
-pub const CHUNK_FLOATS: usize = 1 << 20;
+pub const CHUNK_FLOATS: usize = 1 << 16;
 
 /// Chunks of a flat gradient of `total` floats.
 pub fn chunks(total: usize) -> usize {

@@ -2,10 +2,12 @@
 
 use super::forward::GradPart;
 use crate::accumulate::PerTime;
+use crate::bulk::{BulkRecord, Floats, Unbatched};
 use crate::samples::StepInfo;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::ExchangeCore;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 
@@ -16,81 +18,64 @@ pub struct MeanShard {
     pub target: u32,
     pub chunk: u32,
     pub samples: u32,
-    #[serde(with = "serde_bytes")]
-    pub values: Vec<u8>,
+    pub values: Floats,
     /// Loss terms averaged over the step's samples (chunk 0 only).
     pub terms: Vec<(String, f64)>,
 }
 
-/// Adds `more` to `acc`, both little-endian f32 bytes.
-fn add_into(acc: &mut [u8], more: &[u8]) {
-    match (bytemuck::try_cast_slice_mut::<u8, f32>(acc), bytemuck::try_cast_slice::<u8, f32>(more)) {
-        (Ok(a), Ok(b)) => a.iter_mut().zip(b).for_each(|(x, y)| *x += y),
-        _ => {
-            for (x, y) in acc.chunks_exact_mut(4).zip(more.chunks_exact(4)) {
-                let sum = f32::from_le_bytes(x.try_into().expect("4 bytes"))
-                    + f32::from_le_bytes(y.try_into().expect("4 bytes"));
-                x.copy_from_slice(&sum.to_le_bytes());
-            }
-        }
+impl BulkRecord for MeanShard {
+    type Header = (StepInfo, u32, u32, u32, Vec<(String, f64)>);
+    fn header(&self) -> Self::Header {
+        (self.at, self.target, self.chunk, self.samples, self.terms.clone())
     }
-}
-
-/// Divides little-endian f32 bytes by `n`, in place.
-fn divide(acc: &mut [u8], n: f32) {
-    match bytemuck::try_cast_slice_mut::<u8, f32>(acc) {
-        Ok(a) => a.iter_mut().for_each(|x| *x /= n),
-        Err(_) => {
-            for x in acc.chunks_exact_mut(4) {
-                let v = f32::from_le_bytes(x.try_into().expect("4 bytes")) / n;
-                x.copy_from_slice(&v.to_le_bytes());
-            }
-        }
+    fn payload(&self) -> &Floats {
+        &self.values
+    }
+    fn assemble((at, target, chunk, samples, terms): Self::Header, values: Floats) -> MeanShard {
+        MeanShard { at, target, chunk, samples, values, terms }
     }
 }
 
 /// The mean of the micro-batches' chunks: summed in micro-batch order (so
 /// that the result is the same whichever workers computed them), then
-/// divided by the step's sample count; in place, on the bytes as they
-/// arrived.
-pub(super) fn mean_of(mut parts: Vec<GradPart>) -> (u32, Vec<u8>, Vec<(String, f64)>) {
+/// divided by the step's sample count. The parts are read where they are
+/// (views of a local gradient, or the bytes of their messages); the first
+/// two are added into a fresh vector in one pass.
+pub(super) fn mean_of(mut parts: Vec<GradPart>) -> (u32, Vec<f32>, Vec<(String, f64)>) {
     parts.sort_by_key(|p| p.part);
     let samples: u32 = parts.iter().map(|p| p.samples).sum();
     let mut terms: Vec<(String, f64)> = Vec::new();
-    let mut parts = parts.into_iter();
-    let first = parts.next().expect("a chunk has a part");
-    let mut sum = first.values;
-    let mut add_terms = |list: Vec<(String, f64)>| {
-        for (name, v) in list {
-            match terms.iter_mut().find(|(n, _)| *n == name) {
+    for p in &parts {
+        for (name, v) in &p.terms {
+            match terms.iter_mut().find(|(n, _)| n == name) {
                 Some((_, total)) => *total += v,
-                None => terms.push((name, v)),
+                None => terms.push((name.clone(), *v)),
             }
         }
-    };
-    add_terms(first.terms);
-    for p in parts {
-        add_into(&mut sum, &p.values);
-        add_terms(p.terms);
     }
-    divide(&mut sum, samples.max(1) as f32);
+    let mut sum: Vec<f32> = match parts.as_slice() {
+        [] => Vec::new(),
+        [only] => only.values.with_slice(|v| v.to_vec()),
+        [a, b, ..] => a.values.with_slice(|a| b.values.with_slice(|b| a.iter().zip(b).map(|(x, y)| x + y).collect())),
+    };
+    for p in parts.iter().skip(2) {
+        p.values.with_slice(|more| sum.iter_mut().zip(more).for_each(|(x, y)| *x += y));
+    }
+    let n = samples.max(1) as f32;
+    sum.iter_mut().for_each(|x| *x /= n);
     let n = f64::from(samples.max(1));
     let terms = terms.into_iter().map(|(k, v)| (k, v / n)).collect();
     (samples, sum, terms)
 }
 
-/// The mean of one chunk, sent to every worker: every target but the last
-/// gets a copy, the last takes the buffer itself.
+/// The mean of one chunk, sent to every worker: one vector that every
+/// target's shard views.
 fn send_mean(parts: Vec<GradPart>, chunk: u32, peers: usize, mut give: impl FnMut(MeanShard)) {
     let at = parts[0].at;
     let (samples, values, terms) = mean_of(parts);
-    let mut values = Some(values);
+    let values = Arc::new(values);
     for target in 0..peers {
-        let values = if target + 1 == peers {
-            values.take().expect("kept for the last target")
-        } else {
-            values.as_ref().expect("kept for the last target").clone()
-        };
+        let values = Floats::view(&values, 0..values.len());
         give(MeanShard { at, target: target as u32, chunk, samples, values, terms: terms.clone() });
     }
 }
@@ -100,10 +85,13 @@ fn send_mean(parts: Vec<GradPart>, chunk: u32, peers: usize, mut give: impl FnMu
 /// are in (so that sending means overlaps receiving the other chunks), or
 /// once the frontier passes its step (a step whose micro-batches were not
 /// all filled).
-pub fn reduce<'s>(parts: Stream<'s, u64, Vec<GradPart>>, expected: usize) -> Stream<'s, u64, Vec<MeanShard>> {
+pub fn reduce<'s>(
+    parts: Stream<'s, u64, Unbatched<GradPart>>,
+    expected: usize,
+) -> Stream<'s, u64, Unbatched<MeanShard>> {
     let peers = parts.scope().peers();
-    parts.unary_frontier::<CapacityContainerBuilder<Vec<MeanShard>>, _, _, _>(
-        Exchange::new(|g: &GradPart| u64::from(g.chunk)),
+    parts.unary_frontier::<CapacityContainerBuilder<Unbatched<MeanShard>>, _, _, _>(
+        ExchangeCore::new(|g: &GradPart| u64::from(g.chunk)),
         "ReduceGradients",
         move |_cap, _info| {
             // Per step: the parts of the chunks this worker owns.
@@ -135,7 +123,6 @@ pub fn reduce<'s>(parts: Stream<'s, u64, Vec<GradPart>>, expected: usize) -> Str
 
 #[cfg(test)]
 mod tests {
-    use super::super::to_bytes;
     use super::*;
 
     fn part(part: u32, samples: u32, values: &[f32]) -> GradPart {
@@ -144,15 +131,13 @@ mod tests {
             part,
             chunk: 0,
             samples,
-            values: to_bytes(values),
+            values: Floats::owned(values.to_vec()),
             terms: vec![("total".into(), f64::from(samples) * 2.0)],
         }
     }
 
     #[test]
     fn the_mean_does_not_depend_on_arrival_order() {
-        use super::super::from_bytes;
-
         let a = part(0, 2, &[1e8, 1.0]);
         let b = part(1, 1, &[1.0, 3.0]);
         let c = part(2, 3, &[-1e8, 1e-8]);
@@ -162,7 +147,7 @@ mod tests {
         assert_eq!(m1, m2, "summed in part order whatever the arrival order");
         assert_eq!(t1, t2);
         assert_eq!(t1, vec![("total".to_string(), 2.0)]);
-        let m = from_bytes(&m1);
-        assert_eq!(m[1], (1.0f32 + 3.0 + 1e-8) / 6.0);
+        assert_eq!(m1[1], (1.0f32 + 3.0 + 1e-8) / 6.0);
+        assert_eq!(m1[0], (1e8f32 + 1.0 - 1e8) / 6.0, "((a + b) + c) / n, in that order");
     }
 }

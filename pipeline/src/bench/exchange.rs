@@ -14,8 +14,9 @@ use anyhow::{bail, Context, Result};
 use locvtp_model::train::GradientLayout;
 use locvtp_model::{LocVtp, ModelConfig};
 use locvtp_operators::accumulate::PerTime;
+use locvtp_operators::bulk::{Floats, Unbatched};
 use locvtp_operators::samples::StepInfo;
-use locvtp_operators::train::exchange::{chunk_range, chunks, concat_chunks, reduce, to_bytes, GradPart, MeanShard};
+use locvtp_operators::train::exchange::{chunk_range, chunks, concat_chunks, reduce, GradPart, MeanShard};
 use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::path::Path;
@@ -23,7 +24,7 @@ use std::process::Command;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::ExchangeCore;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Probe;
 use timely::dataflow::{InputHandle, ProbeHandle};
@@ -55,14 +56,14 @@ pub(super) fn exchange_process(args: &BenchArgs, process: usize, hosts: &Path) -
     let (floats, rounds) = (args.exchange_floats, args.exchange_rounds);
     let guards = cluster.execute(&|| false, move |worker: &mut timely::worker::Worker| {
         let index = worker.index();
-        let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<GradPart>>>::new();
+        let mut input = InputHandle::<u64, CapacityContainerBuilder<Unbatched<GradPart>>>::new();
         let probe = ProbeHandle::new();
         let checked = Rc::new(RefCell::new(Vec::new()));
         worker.dataflow::<u64, _, _>(|scope| {
             let sums = checked.clone();
             reduce(input.to_stream(scope), 2)
                 .unary_frontier::<CapacityContainerBuilder<Vec<u8>>, _, _, _>(
-                    Exchange::new(|m: &MeanShard| u64::from(m.target)),
+                    ExchangeCore::new(|m: &MeanShard| u64::from(m.target)),
                     "AssembleMean",
                     move |_, _| {
                         let mut open: PerTime<Vec<MeanShard>> = PerTime::default();
@@ -70,7 +71,7 @@ pub(super) fn exchange_process(args: &BenchArgs, process: usize, hosts: &Path) -
                             input.for_each(|cap, data| open.entry(&cap).append(data));
                             for (_, mut shards) in open.drain_complete(frontier) {
                                 shards.sort_by_key(|s| s.chunk);
-                                let mean = concat_chunks(shards.iter().map(|s| s.values.as_slice()), floats);
+                                let mean = concat_chunks(shards.iter().map(|s| s.values.as_bytes()), floats);
                                 sums.borrow_mut().push((mean.len(), mean.first().copied().unwrap_or(f32::NAN)));
                             }
                         }
@@ -79,12 +80,12 @@ pub(super) fn exchange_process(args: &BenchArgs, process: usize, hosts: &Path) -
                 .probe_with(&probe);
         });
         // Worker i's gradient is all i + 1: the mean is 1.5 everywhere.
-        let gradient = vec![(index + 1) as f32; floats];
+        let gradient = std::sync::Arc::new(vec![(index + 1) as f32; floats]);
         let mut seconds = Vec::new();
         for round in 0..=rounds as u64 {
             let start = Instant::now();
             for c in 0..chunks(floats) {
-                let values = to_bytes(&gradient[chunk_range(floats, c)]);
+                let values = Floats::view(&gradient, chunk_range(floats, c));
                 input.send(GradPart {
                     at: StepInfo { step: round, epoch: 0, epoch_end: false, steps_total: rounds as u64 + 1 },
                     part: index as u32,
