@@ -12,8 +12,15 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the repository").to_path_buf()
 }
 
-/// The `locvtp-flow` binary of the same build as the running test.
+/// The `locvtp-flow` binary the tests drive: `LOCVTP_FLOW_BIN` when set
+/// (scripts/portable_check.sh runs the suite against the portable build that
+/// way), otherwise the one of the same build as the running test.
 pub fn binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("LOCVTP_FLOW_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(bin.exists(), "LOCVTP_FLOW_BIN names {}, which does not exist", bin.display());
+        return bin;
+    }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/locvtp-flow
     let bin = exe.parent().and_then(Path::parent).expect("target folder").join("locvtp-flow");
