@@ -757,6 +757,8 @@ pub fn sample<'s>(
                                 "caption_clips": clips,
                                 "shards": cfg.shards,
                                 "steps_per_epoch": steps,
+                                "steps_total": steps * u64::from(cfg.epochs),
+                                "first_step": cfg.first_step,
                                 "window": cfg.window,
                                 "data_fingerprint": run.data_fingerprint(),
                             }),

@@ -180,6 +180,15 @@ print(json.dumps({t: [[e.step, e.value] for e in acc.Scalars(t)] for t in acc.Ta
         }
     }
 
+    // The same command once more: the checkpoint has every step, so the
+    // run does nothing, says so, and succeeds.
+    let graph = dir.path().join("resumed.toml");
+    let o = run_flow(dir.path(), &["run", graph.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("training was already complete"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(split_out.join("metrics.jsonl")).unwrap().lines().count(), resumed.len());
+
     // The checkpoint feeds the extract graph as it is.
     let ex_out = dir.path().join("features");
     let extra = format!("checkpoint = \"{}\"\n", ckpts.join("last.safetensors").display());

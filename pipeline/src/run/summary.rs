@@ -106,18 +106,34 @@ impl RunSummary {
         let errors = r.graph.run.errors_file();
         let failed = r.tally.lost_videos.len() as u64;
         let processed = c.videos_done;
-        let training = (c.train_steps > 0 || r.graph.stages.iter().any(|s| s.entry().name == "train")).then(|| {
-            let caption_clips: u64 = r.outputs.values().filter_map(|v| v["caption_clips"].as_u64()).sum();
-            let steps_per_epoch = r.outputs.values().filter_map(|v| v["steps_per_epoch"].as_u64()).max().unwrap_or(0);
-            // Epochs this run worked on (a resumed run may start mid-epoch).
-            let epochs = if steps_per_epoch > 0 { c.train_steps.div_ceil(steps_per_epoch).max(1) } else { 1 };
+        let grounding = r.graph.stages.iter().any(|s| s.entry().name == "train_grounding");
+        let training = grounding.then(|| {
             serde_json::json!({
-                "caption_clips": caption_clips,
+                "kind": "grounding",
                 "steps": c.train_steps,
-                "steps_per_epoch": steps_per_epoch,
-                "samples_per_s": c.clips_encoded as f64 / secs,
-                "decode_passes": c.decode_passes,
-                "decode_passes_per_epoch": c.decode_passes as f64 / epochs as f64,
+                "steps_per_s": c.train_steps as f64 / secs,
+            })
+        });
+        let training = training.or_else(|| {
+            (c.train_steps > 0 || r.graph.stages.iter().any(|s| s.entry().name == "train")).then(|| {
+                let caption_clips: u64 = r.outputs.values().filter_map(|v| v["caption_clips"].as_u64()).sum();
+                let steps_per_epoch =
+                    r.outputs.values().filter_map(|v| v["steps_per_epoch"].as_u64()).max().unwrap_or(0);
+                let steps_total = r.outputs.values().filter_map(|v| v["steps_total"].as_u64()).max().unwrap_or(0);
+                let first_step = r.outputs.values().filter_map(|v| v["first_step"].as_u64()).max().unwrap_or(0);
+                // Epochs this run worked on (a resumed run may start mid-epoch).
+                let epochs = if steps_per_epoch > 0 { c.train_steps.div_ceil(steps_per_epoch).max(1) } else { 1 };
+                serde_json::json!({
+                    "kind": "pretraining",
+                    "caption_clips": caption_clips,
+                    "steps": c.train_steps,
+                    "steps_per_epoch": steps_per_epoch,
+                    "steps_total": steps_total,
+                    "first_step": first_step,
+                    "samples_per_s": c.clips_encoded as f64 / secs,
+                    "decode_passes": c.decode_passes,
+                    "decode_passes_per_epoch": c.decode_passes as f64 / epochs as f64,
+                })
             })
         });
         RunSummary {
@@ -160,13 +176,22 @@ impl RunSummary {
             Err(RunError::Interrupted { signal })
         } else if !first_process {
             Ok(())
-        } else if v.total > 0 && v.processed + v.skipped == 0 {
+        } else if v.total > 0 && v.processed + v.skipped == 0 && !self.training_was_complete() {
             Err(RunError::NothingDone { failed: v.failed })
         } else if strict && v.failed > 0 {
             Err(RunError::ItemsFailed { failed: v.failed })
         } else {
             Ok(())
         }
+    }
+
+    /// Whether this was a training run resumed from a checkpoint that had
+    /// already taken every step: it used no video, and that is no failure.
+    pub fn training_was_complete(&self) -> bool {
+        self.training.as_ref().is_some_and(|t| {
+            let total = t["steps_total"].as_u64().unwrap_or(0);
+            total > 0 && t["first_step"].as_u64().unwrap_or(0) >= total
+        })
     }
 
     /// Writes `summary.json` into `dir` atomically; returns its path.
@@ -180,7 +205,22 @@ impl RunSummary {
 
     pub fn print_table(&self) {
         let v = &self.videos;
-        if let Some(t) = &self.training {
+        if let Some(t) = self.training.as_ref().filter(|_| self.training_was_complete()) {
+            eprintln!(
+                "done: training was already complete ({} of {} steps in the checkpoint it resumed); nothing to do",
+                t["first_step"], t["steps_total"]
+            );
+        } else if let Some(t) = self.training.as_ref().filter(|t| t["kind"] == "grounding") {
+            eprintln!(
+                "done: features of {} videos used, {} failed of {}; {} grounding steps in {:.1}s ({:.2} steps/s)",
+                v.processed,
+                v.failed,
+                v.total,
+                t["steps"],
+                self.wall_seconds,
+                t["steps_per_s"].as_f64().unwrap_or(0.0)
+            );
+        } else if let Some(t) = &self.training {
             eprintln!(
                 "done: {} videos used, {} failed of {}; {} steps over {} caption clips in {:.1}s ({:.2} samples/s)",
                 v.processed,
