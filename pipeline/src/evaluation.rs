@@ -6,7 +6,7 @@
 use crate::stage_types::evaluate::Evaluate as EvaluateOptions;
 use anyhow::{Context, Result};
 use locvtp_model::moments::{
-    score, whole_video, FixedMethod, Method, Moment, Predictions, RandomWindow, Ranked, INTERVAL_METHOD,
+    nms, score, whole_video, FixedMethod, Method, Moment, Predictions, RandomWindow, Ranked, INTERVAL_METHOD,
 };
 use locvtp_model::text::TextEncoder;
 use locvtp_model::{LocVtp, ModelConfig};
@@ -214,18 +214,23 @@ fn grounding(
         let rows = video_tensor(v);
         let windows = candidate_windows(v.clips, opts.max_window_clips);
         let scores = window_scores(&s.get(qi as i64), &rows, &windows);
-        // Ties keep the earlier candidate.
-        let best = (0..windows.len()).fold(0, |b, k| if scores[k] > scores[b] { k } else { b });
+        // Best first; ties keep the earlier candidate.
+        let mut order: Vec<usize> = (0..windows.len()).collect();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        let best = order[0];
         let spans: Vec<Moment> = windows.iter().map(|&(i, j)| geo.span(v, i, j)).collect();
         let gt = (q.start_s, q.end_s);
         let top = spans[best];
-        predictions.push(json!({"video": q.video_id, "sentence": q.sentence, "truth": [gt.0, gt.1], "predicted": [top.0, top.1], "score": scores[best], "iou": iou(top, gt)}));
-        ranked.push(Ranked { truth: gt, duration: v.frames as f64 / v.fps.max(1e-9), moments: vec![top] });
+        let sorted: Vec<Moment> = order.iter().map(|&k| spans[k]).collect();
+        let top5 = nms(&sorted, opts.nms_threshold, 5);
+        predictions.push(json!({"video": q.video_id, "sentence": q.sentence, "truth": [gt.0, gt.1], "predicted": [top.0, top.1], "top5": top5, "score": scores[best], "iou": iou(top, gt)}));
+        ranked.push(Ranked { truth: gt, duration: v.frames as f64 / v.fps.max(1e-9), moments: top5 });
         candidates.push(spans);
     }
     let n = queries.len();
     let truths: Vec<(Moment, f64)> = ranked.iter().map(|r| (r.truth, r.duration)).collect();
-    let whole = whole_video(&[1], &thresholds);
+    let recalls = [1, 5];
+    let whole = whole_video(&recalls, &thresholds);
     let random =
         RandomWindow { queries: candidates.iter().zip(&ranked).map(|(c, r)| (c.as_slice(), r.truth)).collect() };
     let methods: [(&str, &dyn Method); 3] = [
@@ -237,11 +242,12 @@ fn grounding(
         "queries": n,
         "score": "cosine(sentence, mean inside the window) - cosine(sentence, mean of the clips left out; the whole video for the whole video), one scale for every candidate",
         "candidates": format!("every window of up to {} clips, and the whole video", opts.max_window_clips),
+        "top5": format!("the five best candidates after non-maximum suppression at IoU {}", opts.nms_threshold),
         "intervals": INTERVAL_METHOD,
     });
     for (name, method) in methods {
         let (mut values, mut intervals) = (serde_json::Map::new(), serde_json::Map::new());
-        for (key, e) in score(method, n, &[1], &thresholds, 0) {
+        for (key, e) in score(method, n, &recalls, &thresholds, 0) {
             values.insert(key.clone(), json!(e.value));
             intervals.insert(key, json!([e.low, e.high]));
         }
@@ -294,7 +300,7 @@ pub fn print_table(r: &serde_json::Value) {
     let g = &r["grounding"];
     if g.is_object() {
         eprintln!("  temporal grounding ({} queries)        model   random window   whole video", g["queries"]);
-        for k in ["R@1_IoU0.3", "R@1_IoU0.5", "R@1_IoU0.7", "mIoU"] {
+        for k in ["R@1_IoU0.3", "R@1_IoU0.5", "R@1_IoU0.7", "R@5_IoU0.3", "R@5_IoU0.5", "R@5_IoU0.7", "mIoU"] {
             eprintln!("    {k:<36} {:>6}   {:>13}   {:>11}", f(&g[k]), f(&g["random"][k]), f(&g["whole_video"][k]));
         }
     }

@@ -225,7 +225,15 @@ print(json.dumps({t: [[e.step, e.value] for e in acc.Scalars(t)] for t in acc.Ta
     assert!(queries >= 8, "{r}");
     assert!((r["retrieval"]["chance"]["R@1"].as_f64().unwrap() - 1.0 / queries as f64).abs() < 1e-12);
     assert_eq!(r["grounding"]["queries"], 8);
-    for k in ["R@1_IoU0.3", "R@1_IoU0.5", "R@1_IoU0.7", "mIoU"] {
+    for (one, five) in [("R@1_IoU0.3", "R@5_IoU0.3"), ("R@1_IoU0.5", "R@5_IoU0.5"), ("R@1_IoU0.7", "R@5_IoU0.7")] {
+        for method in [&r["grounding"], &r["grounding"]["random"], &r["grounding"]["whole_video"]] {
+            let (a, b) = (method[one].as_f64().unwrap(), method[five].as_f64().unwrap());
+            assert!(a <= b, "{one} {a} > {five} {b}: {r}");
+        }
+    }
+    let top5 = r["grounding"]["predictions"][0]["top5"].as_array().unwrap();
+    assert!((1..=5).contains(&top5.len()), "{r}");
+    for k in ["R@1_IoU0.3", "R@1_IoU0.5", "R@1_IoU0.7", "R@5_IoU0.5", "mIoU"] {
         let (m, rnd) = (r["grounding"][k].as_f64().unwrap(), r["grounding"]["random"][k].as_f64().unwrap());
         assert!((0.0..=1.0).contains(&m) && (0.0..=1.0).contains(&rnd), "{k}: {m} {rnd}");
     }

@@ -39,6 +39,9 @@ pub struct Evaluate {
     pub grounding_format: GroundingFormat,
     /// Longest candidate window, in clips.
     pub max_window_clips: usize,
+    /// Grounding's R@5: the five best candidates after non-maximum
+    /// suppression at this IoU (2D-TAN's presets use 0.4 to 0.5).
+    pub nms_threshold: f64,
     /// Results (JSON), relative to `run.output_dir`.
     pub output: PathBuf,
 }
@@ -54,6 +57,7 @@ impl Default for Evaluate {
             grounding: None,
             grounding_format: GroundingFormat::CharadesSta,
             max_window_clips: 16,
+            nms_threshold: 0.5,
             output: PathBuf::from("evaluation.json"),
         }
     }
@@ -81,6 +85,9 @@ impl StageType for Evaluate {
         }
         checks.at_least_one("max_window_clips", self.max_window_clips);
         checks.positive("min_seconds", self.min_seconds);
+        if !(0.0..=1.0).contains(&self.nms_threshold) {
+            checks.error("nms_threshold", format!("{} is not an IoU between 0 and 1", self.nms_threshold));
+        }
     }
 
     fn outputs(&self) -> Vec<(&'static str, &Path)> {
