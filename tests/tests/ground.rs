@@ -125,7 +125,11 @@ fn run_ground(dir: &Path, out: &Path, epochs: usize) -> (Vec<serde_json::Value>,
     let path = dir.join(format!("ground-{epochs}.toml"));
     std::fs::write(&path, graph(&dir.join("data"), out, epochs)).unwrap();
     let o = run_flow(dir, &["run", path.to_str().unwrap(), "-q"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    // The closing line speaks of grounding, not of pre-training's caption clips.
+    let done = stderr.lines().find(|l| l.starts_with("done:")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(done.contains("grounding steps") && !done.contains("caption clips"), "{done}");
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -143,6 +147,9 @@ fn grounding_trains_reports_every_metric_next_to_the_baselines_and_resumes() {
     let out = dir.path().join("out");
     let epochs = 6;
     let (metrics, results) = run_ground(dir.path(), &out, epochs);
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["training"]["kind"], "grounding", "{summary}");
+    assert_eq!(summary["training"]["steps"], 5 * epochs, "{summary}");
 
     // 33 training queries (32 + the clamped one) in batches of 8: 5 steps an epoch.
     assert_eq!(metrics.len(), 5 * epochs, "one line per step");
@@ -242,4 +249,76 @@ fn the_seed_report_gives_mean_and_sd_and_judges_against_the_intervals() {
     assert_eq!(verdicts["random-init C3D features"]["beats"], true);
     assert_eq!(verdicts["best fixed window (train)"]["beats"], true);
     assert!((verdicts["best fixed window (train)"]["difference"].as_f64().unwrap() - 0.25).abs() < 1e-9);
+}
+
+#[test]
+fn the_seed_report_measures_what_each_feature_set_keeps_of_the_scenes() {
+    // Two seeds of results as above, plus each run's grounding features and
+    // a demo manifest: 30 videos of 3 scenes (2 s each at 25 fps, clips of
+    // 16 frames every 8). The "LocVTP" features are collapsed (every clip
+    // on one line, whatever the scene); the "random" ones encode each
+    // scene's colour and shape exactly.
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    for (seed, locvtp, random) in [(0, 0.5, 0.3), (1, 0.6, 0.35)] {
+        for (features, value) in [("locvtp", locvtp), ("random", random)] {
+            let d = runs.join(format!("seed{seed}/ground-{features}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("grounding.json"), results(value).to_string()).unwrap();
+        }
+    }
+    let demo = dir.path().join("demo");
+    std::fs::create_dir_all(&demo).unwrap();
+    locvtp_tests::python_script(
+        r#"
+import json, sys, h5py, numpy as np
+runs, demo = sys.argv[1], sys.argv[2]
+shapes, colours, motions = ["circle", "square", "cross"], ["red", "green", "blue", "white"], ["left", "up"]
+videos = []
+for v in range(30):
+    scenes = [dict(start_s=2.0 * k, end_s=2.0 * (k + 1), shape=shapes[(v + k) % 3], colour=colours[(v * 3 + k) % 4],
+                   motion=motions[(v + 2 * k) % 2], background="black") for k in range(3)]
+    videos.append(dict(id=f"g{v}", split="grounding_test", fps=[25, 1], scenes=scenes))
+json.dump({"videos": videos}, open(f"{demo}/manifest.json", "w"))
+rng = np.random.default_rng(0)
+for seed in (0, 1):
+    for features in ("locvtp", "random"):
+        path = f"{runs}/seed{seed}/extract-{features}"
+        import os; os.makedirs(path, exist_ok=True)
+        with h5py.File(f"{path}/features.h5", "w") as f:
+            f.attrs["stride"], f.attrs["clip_frames"] = 8, 16
+            for v in videos:
+                rows = []
+                for i in range((150 - 16) // 8 + 1):
+                    centre = (i * 8 + 8) / 25
+                    s = next(s for s in v["scenes"] if s["start_s"] <= centre < s["end_s"])
+                    if features == "locvtp":
+                        rows.append(np.ones(16) * (1 + 0.01 * rng.standard_normal()))
+                    else:
+                        code = np.zeros(16)
+                        code[colours.index(s["colour"])] = 1
+                        code[4 + shapes.index(s["shape"])] = 1
+                        code[8 + motions.index(s["motion"])] = 1
+                        rows.append(code + 0.01 * rng.standard_normal(16))
+                f.create_group(v["id"]).create_dataset("c3d_features", data=np.array(rows, dtype=np.float32))
+"#,
+        &[&runs, &demo],
+    );
+    let script = repo().join("scripts/demo_report.py");
+    let out = locvtp_tests::python(&[&script, &"--demo", &demo, &runs, &"0", &"1"]);
+    let report = locvtp_tests::last_json(&out);
+    let diagnostics = &report["feature_diagnostics"];
+    for seed in 0..2 {
+        let collapsed = &diagnostics["LocVTP features"][seed];
+        let coded = &diagnostics["random-init C3D features"][seed];
+        assert_eq!(collapsed["scenes"], 90, "{out}");
+        assert!(collapsed["effective_rank"].as_f64().unwrap() < 2.0, "{out}");
+        assert!(coded["effective_rank"].as_f64().unwrap() > 4.0, "{out}");
+        for key in ["shape", "colour", "motion"] {
+            let chance = coded[format!("{key}_chance")].as_f64().unwrap();
+            assert!(coded[key].as_f64().unwrap() > 0.95, "{key}: {out}");
+            assert!(collapsed[key].as_f64().unwrap() < chance + 0.25, "{key}: {out}");
+        }
+    }
+    assert!(out.contains("| features | effective rank | shape | colour | motion |"), "{out}");
 }
