@@ -1,18 +1,34 @@
 #!/usr/bin/env bash
 # The GPU benchmark in one go, for a CUDA machine that has PyTorch and
-# nothing else: gpu-bench (the Rust model through libtorch) and
-# torch_reference.py (the same computation in PyTorch), C3D extraction and
-# LocVTP training steps at the released sizes, fp32 and bf16 autocast, in one
-# run on the same GPU. Results: $OUT/gpu_bench.json (every measurement plus a
-# Rust/PyTorch comparison) and $OUT/gpu_bench.log.
+# nothing else:
 #
-#   bash run_on_device.sh                    # gpu-bench and torch_reference.py beside this script
+#   1. extraction end to end with the portable locvtp-flow
+#      (scripts/portable.sh): `locvtp-flow bench` over generated videos of
+#      two sizes (640x272 and 1280x720; without an ffmpeg command line they
+#      come from locvtp-flow's own generator, MPEG-4 part 2 in the portable
+#      build), every core decoding, the released C3D encoding on the GPU,
+#      against its decode half (all cores) and encode half measured in the
+#      same run: $OUT/e2e/bench.json. Decoding is on the CPU: the portable
+#      FFmpeg has no nvdec/cuvid;
+#   2. gpu-bench (the Rust model through libtorch) and torch_reference.py
+#      (the same computation in PyTorch), C3D extraction and LocVTP training
+#      steps at the released sizes, fp32 and bf16 autocast, on the same GPU:
+#      $OUT/gpu_bench.json (every measurement plus a Rust/PyTorch comparison).
+#
+# The log of everything is $OUT/gpu_bench.log. From a checkout with
+# dist/locvtp-flow and target/release/gpu-bench built (ignored files that
+# the device tool carries, 27 MB and about 20 MB):
+#
+#   bash benches/gpu/run_on_device.sh
 #
 # Settings (environment): GPU_BENCH (the binary; default ./gpu-bench beside
 # this script, else target/release/gpu-bench of the checkout), PYTHON
 # (python3), DEVICE (cuda), MODEL (full), EXTRACT_BATCH (32), TRAIN_BATCH (8),
 # WARMUP (3), ITERS (10), BUDGET (seconds for all commands together, 480:
-# a command gets what is left, and none starts with under 30 s left).
+# a command gets what is left, and none starts with under 30 s left);
+# LOCVTP_FLOW (the portable binary; default ./locvtp-flow beside this
+# script, else dist/locvtp-flow of the checkout), E2E_MODEL (the checkout's
+# configs/c3d-full.toml), E2E_COUNT (videos per size, 16), E2E_SECONDS (4).
 # DEVICE=cpu MODEL=tiny EXTRACT_BATCH=4 TRAIN_BATCH=2 ITERS=2 WARMUP=1 checks
 # the plumbing on a machine without a GPU.
 set -uo pipefail
@@ -85,6 +101,25 @@ run() {
   [ "$rc" -eq 0 ] || status=1
 }
 
+# 1. Extraction end to end, first: it is what no earlier run has measured.
+FLOW="${LOCVTP_FLOW:-}"
+if [ -z "$FLOW" ]; then
+  for c in "$HERE/locvtp-flow" "$HERE/../../dist/locvtp-flow"; do
+    if [ -x "$c" ]; then FLOW="$c"; break; fi
+  done
+fi
+if [ -n "$FLOW" ]; then
+  log "portable binary: $FLOW ($(ldd "$FLOW" 2>&1 | grep -c 'not found') unresolved libraries)"
+  log "decoding on the CPU: the portable FFmpeg has no nvdec/cuvid"
+  E2E_MODEL="${E2E_MODEL:-$HERE/../../configs/c3d-full.toml}"
+  run "$FLOW" bench --no-python --no-decode --device "$DEVICE" --model "$E2E_MODEL" \
+    --batch-size "$EXTRACT_BATCH" --count "${E2E_COUNT:-16}" --seconds "${E2E_SECONDS:-4}" --out "$OUTDIR/e2e"
+else
+  log "== no portable locvtp-flow (run scripts/portable.sh, or set LOCVTP_FLOW): end-to-end extraction skipped"
+  status=1
+fi
+
+# 2. The model alone, against PyTorch.
 common=(--device "$DEVICE" --model "$MODEL" --warmup "$WARMUP" --iters "$ITERS"
   --extract-batch "$EXTRACT_BATCH" --train-batch "$TRAIN_BATCH")
 # Rust and PyTorch alternate task by task, so that clock or thermal drift

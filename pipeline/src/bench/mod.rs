@@ -269,6 +269,44 @@ fn generate(dir: &Path, w: u32, h: u32, args: &BenchArgs) -> Result<Vec<PathBuf>
     Ok(out)
 }
 
+/// Without the `ffmpeg` command line (a GPU machine that has only the
+/// portable binary and torch), the test videos come from locvtp-flow's own
+/// generator: moving shapes on plain backgrounds, a scene every 2 s, in
+/// H.264 when libx264 is linked and MPEG-4 part 2 otherwise (the portable
+/// build). Their decoding cost differs from the CLI's noisy H.264, so the
+/// label names the codec.
+fn generate_without_cli(dir: &Path, w: u32, h: u32, args: &BenchArgs) -> Result<(Vec<PathBuf>, &'static str)> {
+    use locvtp_media::synth::{Background, Colour, Motion, Scene, Shape, SynthSpec, VideoCodec};
+    let codec = VideoCodec::H264.encoder_name().context("this FFmpeg has neither libx264 nor the mpeg4 encoder")?;
+    let codec_label = if codec == "libx264" { "H.264" } else { "MPEG-4 part 2" };
+    std::fs::create_dir_all(dir)?;
+    let mut out = Vec::new();
+    for i in 0..args.count {
+        let path = dir.join(format!("synth-{w}x{h}-{}s-{codec}-{i}.mp4", args.seconds));
+        if !path.exists() {
+            eprintln!("generating {} (no ffmpeg command line: locvtp-flow's own generator)", path.display());
+            let seconds = args.seconds;
+            let scenes = (0..(seconds / 2.0).ceil() as usize)
+                .map(|k| Scene {
+                    start_s: 2.0 * k as f64,
+                    end_s: (2.0 * (k + 1) as f64).min(seconds),
+                    shape: Shape::ALL[(i + k) % Shape::ALL.len()],
+                    colour: Colour::ALL[(3 * i + k) % Colour::ALL.len()],
+                    motion: Motion::ALL[(i + 2 * k) % Motion::ALL.len()],
+                    background: Background::ALL[(i + k) % Background::ALL.len()],
+                })
+                .collect();
+            let spec = SynthSpec::new(w, h, (FPS as i32, 1), seconds, scenes);
+            let partial = path.with_extension("partial.mp4");
+            locvtp_media::synth::write_video(&spec, &partial)
+                .with_context(|| format!("generating {}", partial.display()))?;
+            std::fs::rename(&partial, &path)?;
+        }
+        out.push(path);
+    }
+    Ok((out, codec_label))
+}
+
 fn video_set(label: String, paths: Vec<PathBuf>) -> Result<VideoSet> {
     let (mut frames, mut clips, mut bits, mut secs) = (0, 0, 0.0, 0.0);
     for p in &paths {
@@ -493,12 +531,15 @@ fn bench(args: &BenchArgs) -> Result<Value> {
     let ffmpeg = have_ffmpeg();
     let mut sets = Vec::new();
     if args.videos.is_empty() {
-        if !ffmpeg {
-            bail!("ffmpeg is not on PATH: it generates the test videos and is one of the peers (or pass --video FILE)");
-        }
         for (w, h) in SHAPES {
-            let paths = generate(&args.out.join("videos"), w, h, args)?;
-            sets.push(video_set(format!("{w}x{h} H.264, {FPS} fps, GOP {}", args.gop), paths)?);
+            let set = if ffmpeg {
+                let paths = generate(&args.out.join("videos"), w, h, args)?;
+                video_set(format!("{w}x{h} H.264, {FPS} fps, GOP {}", args.gop), paths)?
+            } else {
+                let (paths, codec) = generate_without_cli(&args.out.join("videos"), w, h, args)?;
+                video_set(format!("{w}x{h} {codec} (locvtp-flow's own encoder), {FPS} fps"), paths)?
+            };
+            sets.push(set);
         }
     } else {
         let first = probe(&args.videos[0])?;
