@@ -5,7 +5,8 @@
 # glibc >= this machine's and a torch 2.11 (or a libtorch 2.11); nothing else
 # needs installing there. README.md, "A portable binary", shows how to deploy.
 #
-#   scripts/portable.sh            builds dist/locvtp-flow (release)
+#   scripts/portable.sh            builds dist/locvtp-flow (release), and
+#                                  dist/gpu-bench for benches/gpu
 #   scripts/portable.sh --check    also runs the portable-build checks: `ldd`
 #                                  lists nothing but libtorch and the C/C++
 #                                  runtime, the binary runs, its features on
@@ -176,6 +177,11 @@ mkdir -p "$DIST"
 cp "$CARGO_TARGET_DIR/release/locvtp-flow" "$DIST/locvtp-flow"
 strip "$DIST/locvtp-flow"
 log "built $DIST/locvtp-flow ($(du -h "$DIST/locvtp-flow" | cut -f1))"
+# The GPU benchmark's model half links only libtorch already: it travels
+# beside the portable binary (benches/gpu/run_on_device.sh finds both).
+quietly "building gpu-bench --release" cargo build --locked --release -p locvtp-gpu-bench
+strip -o "$DIST/gpu-bench" "$CARGO_TARGET_DIR/release/gpu-bench"
+log "built $DIST/gpu-bench ($(du -h "$DIST/gpu-bench" | cut -f1))"
 
 if [ "$CHECK" -eq 1 ]; then
   bash "$ROOT/scripts/portable_check.sh" "$DIST/locvtp-flow"

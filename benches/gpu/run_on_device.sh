@@ -15,14 +15,15 @@
 #      steps at the released sizes, fp32 and bf16 autocast, on the same GPU:
 #      $OUT/gpu_bench.json (every measurement plus a Rust/PyTorch comparison).
 #
-# The log of everything is $OUT/gpu_bench.log. From a checkout with
-# dist/locvtp-flow and target/release/gpu-bench built (ignored files that
-# the device tool carries, 27 MB and about 20 MB):
+# The log of everything is $OUT/gpu_bench.log. From a checkout where
+# scripts/portable.sh has built dist/locvtp-flow and dist/gpu-bench (29 MB
+# together: ignored files a device run can carry):
 #
 #   bash benches/gpu/run_on_device.sh
 #
 # Settings (environment): GPU_BENCH (the binary; default ./gpu-bench beside
-# this script, else target/release/gpu-bench of the checkout), PYTHON
+# this script, else dist/gpu-bench, else target/release/gpu-bench of the
+# checkout), PYTHON
 # (python3), DEVICE (cuda), MODEL (full), EXTRACT_BATCH (32), TRAIN_BATCH (8),
 # WARMUP (3), ITERS (10), BUDGET (seconds for all commands together, 480:
 # a command gets what is left, and none starts with under 30 s left);
@@ -51,7 +52,7 @@ LINES="$OUTDIR/gpu_bench.jsonl"
 
 BIN="${GPU_BENCH:-}"
 if [ -z "$BIN" ]; then
-  for c in "$HERE/gpu-bench" "$HERE/../../target/release/gpu-bench"; do
+  for c in "$HERE/gpu-bench" "$HERE/../../dist/gpu-bench" "$HERE/../../target/release/gpu-bench"; do
     if [ -x "$c" ]; then BIN="$c"; break; fi
   done
 fi
