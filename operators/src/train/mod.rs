@@ -25,7 +25,7 @@ mod replicas;
 pub mod exchange {
     pub use super::forward::GradPart;
     pub use super::reduce::{reduce, MeanShard};
-    pub use super::{chunk_range, chunks, concat_chunks, from_bytes, to_bytes};
+    pub use super::{chunk_range, chunks, concat_chunks};
 }
 
 use crate::manifest::RunManifest;
@@ -179,16 +179,6 @@ pub fn train<'s>(
     replicas::check(reports, shared, cfg, run)
 }
 
-/// `f32` values as little-endian bytes, for the exchange (serde writes
-/// bytes in one copy, floats one at a time).
-pub fn to_bytes(values: &[f32]) -> Vec<u8> {
-    bytemuck::cast_slice(values).to_vec()
-}
-
-pub fn from_bytes(bytes: &[u8]) -> Vec<f32> {
-    bytemuck::pod_collect_to_vec(bytes)
-}
-
 /// The chunks' floats, in order, as one vector (one copy each).
 pub fn concat_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, total: usize) -> Vec<f32> {
     let mut flat = Vec::with_capacity(total);
@@ -227,7 +217,5 @@ mod tests {
             let covered: Vec<usize> = (0..chunks(total)).flat_map(|c| chunk_range(total, c)).collect();
             assert_eq!(covered, (0..total).collect::<Vec<_>>());
         }
-        let v = vec![1.5f32, -2.0, 3.25];
-        assert_eq!(from_bytes(&to_bytes(&v)), v);
     }
 }

@@ -106,36 +106,33 @@ impl RunSummary {
         let errors = r.graph.run.errors_file();
         let failed = r.tally.lost_videos.len() as u64;
         let processed = c.videos_done;
-        let grounding = r.graph.stages.iter().any(|s| s.entry().name == "train_grounding");
-        let training = grounding.then(|| {
-            serde_json::json!({
+        let has_stage = |name: &str| r.graph.stages.iter().any(|s| s.entry().name == name);
+        let training = if has_stage("train_grounding") {
+            Some(serde_json::json!({
                 "kind": "grounding",
                 "steps": c.train_steps,
                 "steps_per_s": c.train_steps as f64 / secs,
-            })
-        });
-        let training = training.or_else(|| {
-            (c.train_steps > 0 || r.graph.stages.iter().any(|s| s.entry().name == "train")).then(|| {
-                let caption_clips: u64 = r.outputs.values().filter_map(|v| v["caption_clips"].as_u64()).sum();
-                let steps_per_epoch =
-                    r.outputs.values().filter_map(|v| v["steps_per_epoch"].as_u64()).max().unwrap_or(0);
-                let steps_total = r.outputs.values().filter_map(|v| v["steps_total"].as_u64()).max().unwrap_or(0);
-                let first_step = r.outputs.values().filter_map(|v| v["first_step"].as_u64()).max().unwrap_or(0);
-                // Epochs this run worked on (a resumed run may start mid-epoch).
-                let epochs = if steps_per_epoch > 0 { c.train_steps.div_ceil(steps_per_epoch).max(1) } else { 1 };
-                serde_json::json!({
-                    "kind": "pretraining",
-                    "caption_clips": caption_clips,
-                    "steps": c.train_steps,
-                    "steps_per_epoch": steps_per_epoch,
-                    "steps_total": steps_total,
-                    "first_step": first_step,
-                    "samples_per_s": c.clips_encoded as f64 / secs,
-                    "decode_passes": c.decode_passes,
-                    "decode_passes_per_epoch": c.decode_passes as f64 / epochs as f64,
-                })
-            })
-        });
+            }))
+        } else if c.train_steps > 0 || has_stage("train") {
+            let most = |key: &str| r.outputs.values().filter_map(|v| v[key].as_u64()).max().unwrap_or(0);
+            let caption_clips: u64 = r.outputs.values().filter_map(|v| v["caption_clips"].as_u64()).sum();
+            let steps_per_epoch = most("steps_per_epoch");
+            // Epochs this run worked on (a resumed run may start mid-epoch).
+            let epochs = if steps_per_epoch > 0 { c.train_steps.div_ceil(steps_per_epoch).max(1) } else { 1 };
+            Some(serde_json::json!({
+                "kind": "pretraining",
+                "caption_clips": caption_clips,
+                "steps": c.train_steps,
+                "steps_per_epoch": steps_per_epoch,
+                "steps_total": most("steps_total"),
+                "first_step": most("first_step"),
+                "samples_per_s": c.clips_encoded as f64 / secs,
+                "decode_passes": c.decode_passes,
+                "decode_passes_per_epoch": c.decode_passes as f64 / epochs as f64,
+            }))
+        } else {
+            None
+        };
         RunSummary {
             graph: r.graph.file.display().to_string(),
             topology: r.graph.topology(),
