@@ -22,6 +22,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Cow;
 use std::io::Write;
 use std::ops::{Deref, DerefMut, Range};
 use std::sync::Arc;
@@ -67,15 +68,15 @@ impl Floats {
         self.len() == 0
     }
 
-    /// Calls `f` with the values as a slice: borrowed where the bytes are
-    /// aligned for f32 (always, for views and for messages laid out by
-    /// this module), decoded otherwise.
-    pub fn with_slice<R>(&self, f: impl FnOnce(&[f32]) -> R) -> R {
+    /// The values as a slice: borrowed where the bytes are aligned for f32
+    /// (always, for views and for messages laid out by this module),
+    /// decoded otherwise.
+    pub fn as_f32(&self) -> Cow<'_, [f32]> {
         match self {
-            Floats::View { all, range } => f(&all[range.clone()]),
+            Floats::View { all, range } => Cow::Borrowed(&all[range.clone()]),
             Floats::Received(bytes) => match bytemuck::try_cast_slice::<u8, f32>(bytes) {
-                Ok(values) => f(values),
-                Err(_) => f(&bytemuck::pod_collect_to_vec::<u8, f32>(bytes)),
+                Ok(values) => Cow::Borrowed(values),
+                Err(_) => Cow::Owned(bytemuck::pod_collect_to_vec::<u8, f32>(bytes)),
             },
         }
     }
@@ -305,7 +306,8 @@ mod tests {
         let back = Unbatched::<Rec>::from_bytes(timely::bytes::arc::BytesMut::from(bytes).freeze());
         assert_eq!(back.0, records.0);
         assert!(back.0.iter().all(|r| matches!(r.values, Floats::Received(_))));
-        back.0[0].values.with_slice(|v| assert_eq!(v, &[-2.0, 3.25, 1e-8]));
+        assert_eq!(*back.0[0].values.as_f32(), [-2.0, 3.25, 1e-8]);
+        assert!(matches!(back.0[0].values.as_f32(), Cow::Borrowed(_)), "read in place");
         assert_eq!(back.0[2].values.len(), 1);
     }
 

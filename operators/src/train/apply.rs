@@ -1,7 +1,8 @@
 //! Every replica applies the same mean gradient and takes the same step.
 
+use super::assemble::AssembledMean;
 use super::reduce::MeanShard;
-use super::{concat_chunks, Shared, Snapshot, SnapshotReason, StepReport, TrainConfig};
+use super::{Shared, Snapshot, SnapshotReason, StepReport, TrainConfig};
 use crate::accumulate::PerTime;
 use crate::bulk::Unbatched;
 use crate::manifest::RUN_MANIFEST_KEY;
@@ -14,7 +15,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tch::{Kind, Tensor};
+use tch::Kind;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::ExchangeCore;
 use timely::dataflow::operators::generic::Operator;
@@ -53,44 +54,38 @@ pub(super) fn apply<'s>(
             let mut last_report = Instant::now();
             move |(input, frontier), output| {
                 input.for_each(|cap, data| open.entry(&cap).append(data));
-                for (cap, mut shards) in open.drain_complete(frontier) {
+                for (cap, shards) in open.drain_complete(frontier) {
                     if shards.is_empty() {
                         continue;
                     }
-                    shards.sort_by_key(|s| s.chunk);
-                    let at = shards[0].at;
                     let mut sh = shared.borrow_mut();
-                    let flat = concat_chunks(shards.iter().map(|s| s.values.as_bytes()), sh.layout.total);
+                    let mean = match AssembledMean::gather(shards, sh.layout.total) {
+                        Ok(mean) => mean,
+                        Err(e) => {
+                            run.fail(&cfg.stage, format!("step {}: {e}", *cap.time() + 1));
+                            return;
+                        }
+                    };
+                    let at = mean.at;
                     let began = Instant::now();
                     let lr = cfg.schedule.lr_at(i64::from(at.epoch));
-                    {
-                        let sh = &mut *sh;
-                        if flat.len() != sh.layout.total {
-                            run.fail(
-                                &cfg.stage,
-                                format!(
-                                    "step {}: a gradient of {} values for {} parameters",
-                                    at.step + 1,
-                                    flat.len(),
-                                    sh.layout.total
-                                ),
-                            );
-                            return;
-                        }
-                        let stepped = catch_panic(|| sh.replica.adam.step_flat(&Tensor::from_slice(&flat), lr));
-                        if let Err(e) = stepped {
-                            run.fail(&cfg.stage, format!("step {}: the optimizer step: {e}", at.step + 1));
-                            return;
-                        }
+                    let stepped = catch_panic(|| {
+                        let pieces = mean.pieces();
+                        let pieces: Vec<&[f32]> = pieces.iter().map(|p| &**p).collect();
+                        sh.replica.adam.step_pieces(&pieces, lr)
+                    });
+                    if let Err(e) = stepped {
+                        run.fail(&cfg.stage, format!("step {}: the optimizer step: {e}", at.step + 1));
+                        return;
                     }
                     sh.busy += began.elapsed();
-                    let samples = shards[0].samples;
+                    let samples = mean.samples;
                     let (wait, busy) = (sh.wait.as_secs_f64(), sh.busy.as_secs_f64());
                     let report = StepReport {
                         at,
                         lr,
                         samples,
-                        terms: shards[0].terms.clone(),
+                        terms: mean.terms.clone(),
                         samples_per_s: f64::from(samples) / last_report.elapsed().as_secs_f64().max(1e-9),
                         data_wait_share: if wait + busy > 0.0 { wait / (wait + busy) } else { 0.0 },
                         text_encoder_forwards: RunStats::get(&run.stats.text_forwards),

@@ -15,6 +15,7 @@
 //! The next forward waits until the previous step has been applied.
 
 mod apply;
+mod assemble;
 mod forward;
 mod reduce;
 mod replicas;
@@ -23,9 +24,10 @@ mod replicas;
 /// measures): micro-batch gradients in shards, and the mean shards every
 /// worker receives.
 pub mod exchange {
+    pub use super::assemble::AssembledMean;
     pub use super::forward::GradPart;
     pub use super::reduce::{reduce, MeanShard};
-    pub use super::{chunk_range, chunks, concat_chunks};
+    pub use super::{chunk_range, chunks};
 }
 
 use crate::manifest::RunManifest;
@@ -177,18 +179,6 @@ pub fn train<'s>(
     let means = reduce::reduce(parts, cfg.micro_batches.max(1));
     let reports = apply::apply(means, shared.clone(), cfg.clone(), run.clone());
     replicas::check(reports, shared, cfg, run)
-}
-
-/// The chunks' floats, in order, as one vector (one copy each).
-pub fn concat_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, total: usize) -> Vec<f32> {
-    let mut flat = Vec::with_capacity(total);
-    for bytes in chunks {
-        match bytemuck::try_cast_slice::<u8, f32>(bytes) {
-            Ok(values) => flat.extend_from_slice(values),
-            Err(_) => flat.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))),
-        }
-    }
-    flat
 }
 
 /// Floats in one chunk of a flat gradient: the unit of the exchange. Large

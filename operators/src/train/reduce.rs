@@ -36,12 +36,13 @@ impl BulkRecord for MeanShard {
     }
 }
 
-/// The mean of the micro-batches' chunks: summed in micro-batch order (so
-/// that the result is the same whichever workers computed them), then
-/// divided by the step's sample count. The parts are read where they are
-/// (views of a local gradient, or the bytes of their messages); the first
-/// two are added into a fresh vector in one pass.
-pub(super) fn mean_of(mut parts: Vec<GradPart>) -> (u32, Vec<f32>, Vec<(String, f64)>) {
+/// The mean of the micro-batches' chunks, written into `sum`: summed in
+/// micro-batch order (so that the result is the same whichever workers
+/// computed them), then divided by the step's sample count. The parts are
+/// read where they are (views of a local gradient, or the bytes of their
+/// messages); the first two are added (and, when there are only two,
+/// divided) in one pass.
+pub(super) fn mean_of(mut parts: Vec<GradPart>, sum: &mut Vec<f32>) -> (u32, Vec<(String, f64)>) {
     parts.sort_by_key(|p| p.part);
     let samples: u32 = parts.iter().map(|p| p.samples).sum();
     let mut terms: Vec<(String, f64)> = Vec::new();
@@ -53,27 +54,61 @@ pub(super) fn mean_of(mut parts: Vec<GradPart>) -> (u32, Vec<f32>, Vec<(String, 
             }
         }
     }
-    let mut sum: Vec<f32> = match parts.as_slice() {
-        [] => Vec::new(),
-        [only] => only.values.with_slice(|v| v.to_vec()),
-        [a, b, ..] => a.values.with_slice(|a| b.values.with_slice(|b| a.iter().zip(b).map(|(x, y)| x + y).collect())),
-    };
-    for p in parts.iter().skip(2) {
-        p.values.with_slice(|more| sum.iter_mut().zip(more).for_each(|(x, y)| *x += y));
-    }
     let n = samples.max(1) as f32;
-    sum.iter_mut().for_each(|x| *x /= n);
+    // A reused buffer has the chunk's length already: no pass over it.
+    sum.resize(parts.first().map_or(0, |p| p.values.len()), 0.0);
+    match parts.as_slice() {
+        [] => {}
+        [only] => sum.iter_mut().zip(only.values.as_f32().iter()).for_each(|(s, x)| *s = x / n),
+        [a, b] => {
+            let (a, b) = (a.values.as_f32(), b.values.as_f32());
+            sum.iter_mut().zip(a.iter().zip(b.iter())).for_each(|(s, (x, y))| *s = (x + y) / n);
+        }
+        [a, b, rest @ ..] => {
+            let (a, b) = (a.values.as_f32(), b.values.as_f32());
+            sum.iter_mut().zip(a.iter().zip(b.iter())).for_each(|(s, (x, y))| *s = x + y);
+            for p in rest {
+                sum.iter_mut().zip(p.values.as_f32().iter()).for_each(|(s, x)| *s += x);
+            }
+            sum.iter_mut().for_each(|s| *s /= n);
+        }
+    }
     let n = f64::from(samples.max(1));
     let terms = terms.into_iter().map(|(k, v)| (k, v / n)).collect();
-    (samples, sum, terms)
+    (samples, terms)
+}
+
+/// The vectors that means are summed into, each reused once every shard
+/// that viewed it is gone: a step sums hundreds of chunks, and freshly
+/// allocated ones cost page faults each time.
+#[derive(Default)]
+struct SumBuffers(Vec<Arc<Vec<f32>>>);
+
+impl SumBuffers {
+    /// Fills a free buffer (or a new one) with `fill` and hands out a
+    /// shared handle to it.
+    fn fill<R>(&mut self, fill: impl FnOnce(&mut Vec<f32>) -> R) -> (Arc<Vec<f32>>, R) {
+        let free = self.0.iter_mut().position(|b| Arc::get_mut(b).is_some());
+        let i = free.unwrap_or_else(|| {
+            self.0.push(Arc::new(Vec::new()));
+            self.0.len() - 1
+        });
+        let out = fill(Arc::get_mut(&mut self.0[i]).expect("no other handle"));
+        (self.0[i].clone(), out)
+    }
 }
 
 /// The mean of one chunk, sent to every worker: one vector that every
 /// target's shard views.
-fn send_mean(parts: Vec<GradPart>, chunk: u32, peers: usize, mut give: impl FnMut(MeanShard)) {
+fn send_mean(
+    parts: Vec<GradPart>,
+    chunk: u32,
+    peers: usize,
+    buffers: &mut SumBuffers,
+    mut give: impl FnMut(MeanShard),
+) {
     let at = parts[0].at;
-    let (samples, values, terms) = mean_of(parts);
-    let values = Arc::new(values);
+    let (values, (samples, terms)) = buffers.fill(|sum| mean_of(parts, sum));
     for target in 0..peers {
         let values = Floats::view(&values, 0..values.len());
         give(MeanShard { at, target: target as u32, chunk, samples, values, terms: terms.clone() });
@@ -96,6 +131,7 @@ pub fn reduce<'s>(
         move |_cap, _info| {
             // Per step: the parts of the chunks this worker owns.
             let mut open: PerTime<std::collections::BTreeMap<u32, Vec<GradPart>>> = PerTime::default();
+            let mut buffers = SumBuffers::default();
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
                     let chunks = open.entry(&cap);
@@ -106,14 +142,14 @@ pub fn reduce<'s>(
                         parts.push(p);
                         if parts.len() == expected {
                             let parts = chunks.remove(&chunk).expect("just filled");
-                            send_mean(parts, chunk, peers, |m| session.give(m));
+                            send_mean(parts, chunk, peers, &mut buffers, |m| session.give(m));
                         }
                     }
                 });
                 for (cap, chunks) in open.drain_complete(frontier) {
                     let mut session = output.session(&cap);
                     for (chunk, parts) in chunks {
-                        send_mean(parts, chunk, peers, |m| session.give(m));
+                        send_mean(parts, chunk, peers, &mut buffers, |m| session.give(m));
                     }
                 }
             }
@@ -141,13 +177,44 @@ mod tests {
         let a = part(0, 2, &[1e8, 1.0]);
         let b = part(1, 1, &[1.0, 3.0]);
         let c = part(2, 3, &[-1e8, 1e-8]);
-        let (n, m1, t1) = mean_of(vec![a.clone(), b.clone(), c.clone()]);
-        let (_, m2, t2) = mean_of(vec![c, a, b]);
+        let (mut m1, mut m2) = (Vec::new(), vec![9.0; 5]);
+        let (n, t1) = mean_of(vec![a.clone(), b.clone(), c.clone()], &mut m1);
+        let (_, t2) = mean_of(vec![c, a, b], &mut m2);
         assert_eq!(n, 6);
         assert_eq!(m1, m2, "summed in part order whatever the arrival order");
         assert_eq!(t1, t2);
         assert_eq!(t1, vec![("total".to_string(), 2.0)]);
         assert_eq!(m1[1], (1.0f32 + 3.0 + 1e-8) / 6.0);
         assert_eq!(m1[0], (1e8f32 + 1.0 - 1e8) / 6.0, "((a + b) + c) / n, in that order");
+    }
+
+    #[test]
+    fn one_or_two_parts_are_averaged_too() {
+        let a = part(0, 2, &[1e8, 1.0]);
+        let b = part(1, 1, &[1.0, 3.0]);
+        let mut two = vec![7.0; 2];
+        assert_eq!(mean_of(vec![b.clone(), a.clone()], &mut two).0, 3);
+        assert_eq!(two, vec![(1e8f32 + 1.0) / 3.0, 4.0 / 3.0]);
+        let mut one = Vec::new();
+        assert_eq!(mean_of(vec![a], &mut one).0, 2);
+        assert_eq!(one, vec![5e7, 0.5]);
+    }
+
+    #[test]
+    fn sum_buffers_are_reused_once_no_shard_views_them() {
+        let mut buffers = SumBuffers::default();
+        let (first, ()) = buffers.fill(|v| v.extend([1.0, 2.0]));
+        let (second, ()) = buffers.fill(|v| v.push(3.0));
+        assert!(!Arc::ptr_eq(&first, &second), "a viewed buffer is not handed out again");
+        assert_eq!((first.as_slice(), second.as_slice()), ([1.0, 2.0].as_slice(), [3.0].as_slice()));
+        let address = Arc::as_ptr(&first);
+        drop(first);
+        let (third, ()) = buffers.fill(|v| {
+            v.clear();
+            v.push(4.0)
+        });
+        assert_eq!(Arc::as_ptr(&third), address, "the freed buffer is filled again");
+        assert_eq!(third.as_slice(), [4.0]);
+        assert_eq!(buffers.0.len(), 2);
     }
 }

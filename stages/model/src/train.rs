@@ -198,6 +198,38 @@ impl Default for AdamConfig {
     }
 }
 
+/// The arithmetic of one Adam step, with its coefficients fixed.
+struct AdamUpdate {
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    step_size: f64,
+    bias_correction2_sqrt: f64,
+}
+
+impl AdamUpdate {
+    /// Updates `params` and the moments (same-length slices) in place from
+    /// the gradient `g`.
+    fn apply(&self, params: &Tensor, exp_avg: &Tensor, exp_avg_sq: &Tensor, g: &Tensor) {
+        let (mut params, mut exp_avg, mut exp_avg_sq) =
+            (params.shallow_clone(), exp_avg.shallow_clone(), exp_avg_sq.shallow_clone());
+        let _ = exp_avg.lerp_(g, 1.0 - self.beta1);
+        let _ = exp_avg_sq.g_mul_scalar_(self.beta2);
+        let _ = exp_avg_sq.addcmul_(&(g * (1.0 - self.beta2)), g);
+        let denom = exp_avg_sq.sqrt() / self.bias_correction2_sqrt + self.eps;
+        let _ = params.g_add_(&(exp_avg.divide(&denom) * (-self.step_size)));
+    }
+}
+
+/// A CPU tensor that views `values` without copying them.
+fn view_of(values: &[f32]) -> Tensor {
+    let len = i64::try_from(values.len()).expect("a length fits i64");
+    // SAFETY: the tensor views `values` (contiguous f32, `len` of them) and
+    // is only read; every caller drops it before `values` goes out of
+    // scope (none stores it).
+    unsafe { Tensor::from_blob(values.as_ptr().cast(), &[len], &[1], Kind::Float, tch::Device::Cpu) }
+}
+
 /// Adam with `torch.optim.Adam`'s arithmetic (no weight decay, no amsgrad).
 ///
 /// The parameters that can get a gradient ([`GradientLayout`]) live in one
@@ -287,19 +319,63 @@ impl Adam {
     /// data-parallel workers exchange), on any device.
     pub fn step_flat(&mut self, grad: &Tensor, lr: f64) {
         assert_eq!(grad.size(), self.params.size(), "a flat gradient of the wrong length");
-        self.step += 1;
-        let AdamConfig { beta1, beta2, eps } = self.cfg;
-        let bias_correction1 = 1.0 - beta1.powf(self.step as f64);
-        let bias_correction2_sqrt = (1.0 - beta2.powf(self.step as f64)).sqrt();
-        let step_size = lr / bias_correction1;
+        let update = self.next_update(lr);
         tch::no_grad(|| {
             let g = grad.to_kind(self.params.kind()).to_device(self.params.device());
-            let _ = self.exp_avg.lerp_(&g, 1.0 - beta1);
-            let _ = self.exp_avg_sq.g_mul_scalar_(beta2);
-            let _ = self.exp_avg_sq.addcmul_(&(&g * (1.0 - beta2)), &g);
-            let denom = self.exp_avg_sq.sqrt() / bias_correction2_sqrt + eps;
-            let _ = self.params.g_add_(&(self.exp_avg.divide(&denom) * (-step_size)));
+            update.apply(&self.params, &self.exp_avg, &self.exp_avg_sq, &g);
         });
+    }
+
+    /// One update from a flat gradient given as consecutive pieces (the
+    /// chunks of the gradient exchange, read where they arrived). On a CPU
+    /// replica each piece updates its slice of the buffers directly: no
+    /// copy of the gradient, and each piece's arithmetic stays in cache. On
+    /// a GPU one the pieces are copied into one device buffer first, for a
+    /// single update over the whole buffer. The result does not depend on
+    /// how many workers produced the gradient (the pieces are the
+    /// exchange's fixed chunks).
+    pub fn step_pieces(&mut self, pieces: &[&[f32]], lr: f64) {
+        let total: usize = pieces.iter().map(|p| p.len()).sum();
+        assert_eq!([total as i64], self.params.size().as_slice(), "a gradient of the wrong length");
+        if self.params.device() != tch::Device::Cpu || self.params.kind() != Kind::Float {
+            return self.step_staged(pieces, lr);
+        }
+        let update = self.next_update(lr);
+        tch::no_grad(|| {
+            let mut at = 0;
+            for piece in pieces {
+                let slice = |t: &Tensor| t.narrow(0, at as i64, piece.len() as i64);
+                update.apply(&slice(&self.params), &slice(&self.exp_avg), &slice(&self.exp_avg_sq), &view_of(piece));
+                at += piece.len();
+            }
+        });
+    }
+
+    /// [`Adam::step_pieces`] through one buffer on the parameters' device.
+    fn step_staged(&mut self, pieces: &[&[f32]], lr: f64) {
+        let total: usize = pieces.iter().map(|p| p.len()).sum();
+        let staging = Tensor::empty([total as i64], (Kind::Float, self.params.device()));
+        tch::no_grad(|| {
+            let mut at = 0;
+            for piece in pieces {
+                staging.narrow(0, at as i64, piece.len() as i64).copy_(&view_of(piece));
+                at += piece.len();
+            }
+        });
+        self.step_flat(&staging, lr);
+    }
+
+    /// Counts the step and fixes its coefficients.
+    fn next_update(&mut self, lr: f64) -> AdamUpdate {
+        self.step += 1;
+        let AdamConfig { beta1, beta2, eps } = self.cfg;
+        AdamUpdate {
+            beta1,
+            beta2,
+            eps,
+            step_size: lr / (1.0 - beta1.powf(self.step as f64)),
+            bias_correction2_sqrt: (1.0 - beta2.powf(self.step as f64)).sqrt(),
+        }
     }
 
     /// A variable's slice of a flat buffer, shaped like the variable.
@@ -739,7 +815,9 @@ mod tests {
             // The flat optimiser takes the exchanged form of the gradient.
             loss(&flat_model, &x).total.backward();
             let g = flat.layout().flatten(&flat_model, 1.0);
-            flat.step_flat(&Tensor::from_slice(&g), lr);
+            // In uneven pieces, as the exchange's chunks arrive.
+            let pieces: Vec<&[f32]> = g.chunks(1000 + 37 * k).collect();
+            flat.step_pieces(&pieces, lr);
             zero_gradients(&flat_model);
             loss(&reference, &x).total.backward();
             per_parameter.step(&reference, lr);
@@ -762,6 +840,29 @@ mod tests {
     }
 
     #[test]
+    fn a_gradient_in_pieces_steps_as_one_buffer_does() {
+        // The device path (pieces gathered into one buffer, one update)
+        // against the CPU path (each piece updates its slice).
+        let (a, b) = (LocVtp::new(&tiny(), Device::Cpu, 4), LocVtp::new(&tiny(), Device::Cpu, 4));
+        let (mut pieces_adam, mut staged_adam) = (Adam::new(&a), Adam::new(&b));
+        let initial = pieces_adam.params.copy();
+        for k in 0..3 {
+            let x = batch(30 + k);
+            loss(&a, &x).total.backward();
+            let g = pieces_adam.layout().flatten(&a, 1.0);
+            zero_gradients(&a);
+            let pieces: Vec<&[f32]> = g.chunks(777).collect();
+            pieces_adam.step_pieces(&pieces, 1e-3);
+            staged_adam.step_staged(&pieces, 1e-3);
+            let (pa, pb) = (&pieces_adam.params, &staged_adam.params);
+            let worst = (pa - pb).abs().max().double_value(&[]);
+            assert!(worst < 1e-6, "step {k}: largest difference {worst}");
+        }
+        assert_eq!(pieces_adam.steps(), staged_adam.steps());
+        assert!(!pieces_adam.params.allclose(&initial, 1e-7, 1e-9, false), "the steps moved the parameters");
+    }
+
+    #[test]
     fn replicas_with_averaged_gradients_stay_identical() {
         let (a, b) = (LocVtp::new(&tiny(), Device::Cpu, 6), LocVtp::new(&tiny(), Device::Cpu, 6));
         let (mut adam_a, mut adam_b) = (Adam::new(&a), Adam::new(&b));
@@ -771,8 +872,9 @@ mod tests {
         let (ga, gb) = (adam_a.layout().flatten(&a, 0.5), adam_b.layout().flatten(&b, 0.5));
         assert_ne!(ga, gb, "different batches, different gradients");
         let mean: Vec<f32> = ga.iter().zip(&gb).map(|(x, y)| x + y).collect();
-        adam_a.step_flat(&Tensor::from_slice(&mean), 1e-3);
-        adam_b.step_flat(&Tensor::from_slice(&mean), 1e-3);
+        let pieces: Vec<&[f32]> = mean.chunks(4096).collect();
+        adam_a.step_pieces(&pieces, 1e-3);
+        adam_b.step_pieces(&pieces, 1e-3);
         for (name, va) in a.vs.variables() {
             assert!(va.equal(&b.vs.variables()[&name]), "{name} differs between replicas");
         }
