@@ -2,7 +2,9 @@
 //! features out), the six losses forward + backward on embeddings, and a
 //! whole training step (forward_losses, backward, Adam). Widths are the
 //! repository's tiny and small configs so that the set runs in seconds on
-//! two cores; the released widths are measured by `gpu-bench`.
+//! two cores; the released widths are measured by `gpu-bench`. One
+//! exception: Adam's step at the released size, from one gradient buffer
+//! and from the gradient exchange's chunks read in place.
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use locvtp_model::loss::{locvtp_losses, Draws, LossInputs, LossWeights};
@@ -127,6 +129,27 @@ fn bench_train_step(c: &mut Criterion) {
     g.finish();
 }
 
+/// The optimiser step of data-parallel training at the released size
+/// (62.6 million trained floats): over one gradient tensor, and over the
+/// exchange's chunks where they arrived (what a CPU replica does).
+fn bench_adam_released(c: &mut Criterion) {
+    use locvtp_operators::train::exchange::{chunk_range, chunks};
+    tch::manual_seed(0);
+    let model = LocVtp::new(&ModelConfig { num_segments: 5, ..ModelConfig::default() }, Device::Cpu, 0);
+    let mut adam = Adam::new(&model);
+    let total = adam.layout().total;
+    let grad = Tensor::randn([total as i64], (Kind::Float, Device::Cpu)) * 1e-3;
+    let mut values = vec![0f32; total];
+    grad.copy_data(&mut values, total);
+    let pieces: Vec<&[f32]> = (0..chunks(total)).map(|c| &values[chunk_range(total, c)]).collect();
+    let mut g = c.benchmark_group("adam_step_released_cpu");
+    g.sampling_mode(SamplingMode::Flat).sample_size(10);
+    g.throughput(Throughput::Elements(total as u64));
+    g.bench_function("one_buffer", |bn| bn.iter(|| adam.step_flat(&grad, 1e-4)));
+    g.bench_function("exchange_chunks", |bn| bn.iter(|| adam.step_pieces(&pieces, 1e-4)));
+    g.finish();
+}
+
 fn config() -> Criterion {
     locvtp_benches::quick(Duration::from_millis(500), Duration::from_secs(3))
 }
@@ -134,6 +157,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_encode, bench_losses, bench_train_step
+    targets = bench_encode, bench_losses, bench_train_step, bench_adam_released
 }
 criterion_main!(benches);

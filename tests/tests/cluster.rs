@@ -3,9 +3,12 @@
 //! secret join it, and strangers on a cluster port are refused while the
 //! run goes on; a process whose peers never come up stops with a message
 //! instead of hanging; a signal to any one process stops them all, keeping
-//! finished work for the same command to resume.
+//! finished work for the same command to resume; the gradient exchange's
+//! benchmark delivers the mean between two processes.
 
-use locvtp_tests::{extract_graph, flow_command, loopback_hostfile, make_video, run_cluster, run_flow, spawn_flow};
+use locvtp_tests::{
+    extract_graph, flow_command, loopback_hostfile, make_video, repo, run_cluster, run_flow, spawn_flow,
+};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -473,4 +476,38 @@ fn ctrl_c_to_process_1_stops_the_cluster_with_exit_130_everywhere() {
     assert!(log1.contains("no new work is started"), "{log1}");
     assert!(log0.contains("process 1 is stopping"), "{log0}");
     c.check_interrupted();
+}
+
+#[test]
+fn the_exchange_benchmark_delivers_the_mean_between_two_processes_next_to_gloo() {
+    // A gradient that ends in a partial chunk; each process checks that the
+    // mean it assembled is 1.5 at both ends and fails the run otherwise.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench");
+    let python = repo().join(".venv/bin/python");
+    let o = flow_command(
+        dir.path(),
+        &["bench", "--exchange", "--exchange-floats", "100003", "--exchange-rounds", "2", "--exchange-pairs", "2"],
+    )
+    .arg("--python")
+    .arg(&python)
+    .arg("--out")
+    .arg(&out)
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("exchange.json")).unwrap()).unwrap();
+    let pairs = report["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 2, "{report}");
+    for pair in pairs {
+        for side in ["ours_seconds", "gloo_seconds"] {
+            let seconds: Vec<f64> = pair[side].as_array().unwrap().iter().filter_map(|v| v.as_f64()).collect();
+            assert_eq!(seconds.len(), 2, "{side}: {pair}");
+            assert!(seconds.iter().all(|s| *s > 0.0), "{side}: {pair}");
+        }
+        assert!(pair["ratio"].as_f64().is_some_and(|r| r > 0.0), "{pair}");
+    }
+    assert!(report["ratio_median"].as_f64().is_some(), "{report}");
+    assert!(text.contains("ours / gloo: median"), "{text}");
 }

@@ -80,21 +80,29 @@ pub(super) fn mean_of(mut parts: Vec<GradPart>, sum: &mut Vec<f32>) -> (u32, Vec
 
 /// The vectors that means are summed into, each reused once every shard
 /// that viewed it is gone: a step sums hundreds of chunks, and freshly
-/// allocated ones cost page faults each time.
+/// allocated ones cost page faults each time. Buffers come free in the
+/// order they were filled (a step's shards are dropped together), so the
+/// search for a free one starts after the last one filled: one look in
+/// the steady state, instead of a walk over hundreds of shared counters.
 #[derive(Default)]
-struct SumBuffers(Vec<Arc<Vec<f32>>>);
+struct SumBuffers {
+    buffers: Vec<Arc<Vec<f32>>>,
+    next: usize,
+}
 
 impl SumBuffers {
     /// Fills a free buffer (or a new one) with `fill` and hands out a
     /// shared handle to it.
     fn fill<R>(&mut self, fill: impl FnOnce(&mut Vec<f32>) -> R) -> (Arc<Vec<f32>>, R) {
-        let free = self.0.iter_mut().position(|b| Arc::get_mut(b).is_some());
+        let n = self.buffers.len();
+        let free = (0..n).map(|k| (self.next + k) % n).find(|&i| Arc::get_mut(&mut self.buffers[i]).is_some());
         let i = free.unwrap_or_else(|| {
-            self.0.push(Arc::new(Vec::new()));
-            self.0.len() - 1
+            self.buffers.push(Arc::new(Vec::new()));
+            n
         });
-        let out = fill(Arc::get_mut(&mut self.0[i]).expect("no other handle"));
-        (self.0[i].clone(), out)
+        self.next = (i + 1) % self.buffers.len();
+        let out = fill(Arc::get_mut(&mut self.buffers[i]).expect("no other handle"));
+        (self.buffers[i].clone(), out)
     }
 }
 
@@ -215,6 +223,6 @@ mod tests {
         });
         assert_eq!(Arc::as_ptr(&third), address, "the freed buffer is filled again");
         assert_eq!(third.as_slice(), [4.0]);
-        assert_eq!(buffers.0.len(), 2);
+        assert_eq!(buffers.buffers.len(), 2);
     }
 }

@@ -41,7 +41,7 @@ fn released_gradient_floats() -> usize {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// One process of the exchange cluster; prints its round times as JSON.
@@ -129,26 +129,18 @@ pub(super) fn exchange_process(args: &BenchArgs, process: usize, hosts: &Path) -
     Ok(())
 }
 
-pub(super) fn bench_exchange(args: &BenchArgs) -> Result<Value> {
-    let floats = args.exchange_floats_or(released_gradient_floats());
-    let rounds = args.exchange_rounds;
-    let dir = std::path::absolute(&args.out)?;
-    std::fs::create_dir_all(&dir)?;
+/// Our exchange: two processes, `rounds` timed rounds; process 0's times.
+fn run_ours(exe: &Path, dir: &Path, floats: usize, rounds: usize) -> Result<Vec<f64>> {
     let hosts = dir.join("exchange-hosts.txt");
     let ports: Vec<u16> = (0..2)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().map(|a| a.port())))
         .collect::<std::io::Result<std::io::Result<Vec<u16>>>>()??;
     std::fs::write(&hosts, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>())?;
-    println!(
-        "gradient exchange, 2 processes on loopback: {floats} floats ({:.0} MB), {rounds} rounds after a warm-up",
-        floats as f64 * 4.0 / 1e6
-    );
-    let exe = std::env::current_exe()?;
     // The two processes prove this run's secret to each other.
     let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
     let spawned: Vec<_> = (0..2)
         .map(|p| {
-            Command::new(&exe)
+            Command::new(exe)
                 .args(["bench", "--exchange-process", &p.to_string()])
                 .arg("--exchange-hosts")
                 .arg(&hosts)
@@ -160,7 +152,7 @@ pub(super) fn bench_exchange(args: &BenchArgs) -> Result<Value> {
         })
         .collect::<std::io::Result<_>>()?;
     let children: Vec<_> = spawned.into_iter().map(|c| c.wait_with_output()).collect::<std::io::Result<_>>()?;
-    let mut ours = Vec::new();
+    let mut reports = Vec::new();
     for (p, out) in children.iter().enumerate() {
         if !out.status.success() {
             bail!("exchange process {p} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -168,34 +160,82 @@ pub(super) fn bench_exchange(args: &BenchArgs) -> Result<Value> {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_default();
         let v: Value = serde_json::from_str(line).with_context(|| format!("process {p}: {stdout}"))?;
-        ours.push(v);
+        reports.push(v);
     }
-    let our_seconds: Vec<f64> = ours[0]["seconds"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
-    let ours_median = median(our_seconds.clone());
-    println!("  locvtp-flow (timely exchange): median {:.3} s a round", ours_median);
+    Ok(reports[0]["seconds"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect())
+}
+
+/// gloo's all-reduce of as many floats: its round times and torch's
+/// version, or why it could not run.
+fn run_gloo(python: &Path, script: &Path, floats: usize, rounds: usize) -> Result<(Vec<f64>, String), String> {
+    let out = Command::new(python)
+        .arg(script)
+        .args(["--floats", &floats.to_string(), "--rounds", &rounds.to_string()])
+        .output()
+        .map_err(|e| format!("running {}: {e}", python.display()))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("").to_string());
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("gloo's report: {e}"))?;
+    let seconds = v["seconds"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
+    Ok((seconds, v["torch"].as_str().unwrap_or("?").to_string()))
+}
+
+/// Ours and gloo's, alternately `pairs` times: this machine's load drifts
+/// over a run, and a ratio taken within each pair is fairer than one
+/// between two blocks minutes apart.
+pub(super) fn bench_exchange(args: &BenchArgs) -> Result<Value> {
+    let floats = args.exchange_floats_or(released_gradient_floats());
+    let (rounds, pairs) = (args.exchange_rounds, args.exchange_pairs.max(1));
+    let dir = std::path::absolute(&args.out)?;
+    std::fs::create_dir_all(&dir)?;
+    println!(
+        "gradient exchange, 2 processes on loopback: {floats} floats ({:.0} MB), {pairs} pairs of {rounds} rounds after a warm-up, ours then gloo's",
+        floats as f64 * 4.0 / 1e6
+    );
+    let exe = std::env::current_exe()?;
     let python = super::python_for(args);
     let script = dir.join("gloo_allreduce.py");
     std::fs::write(&script, include_str!("../../../benches/gloo_allreduce.py"))?;
-    let gloo = Command::new(&python)
-        .arg(&script)
-        .args(["--floats", &floats.to_string(), "--rounds", &rounds.to_string()])
-        .output()
-        .with_context(|| format!("running {}", python.display()))?;
-    let mut report = json!({
-        "floats": floats, "rounds": rounds, "processes": 2,
-        "ours_seconds": our_seconds, "ours_median_s": ours_median,
-    });
-    if gloo.status.success() {
-        let v: Value = serde_json::from_slice(&gloo.stdout)?;
-        let gloo_seconds: Vec<f64> = v["seconds"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
-        let gloo_median = median(gloo_seconds.clone());
-        println!("  torch.distributed gloo all_reduce (torch {}): median {gloo_median:.3} s a round", v["torch"]);
-        println!("  ours / gloo = {:.2}", ours_median / gloo_median);
-        report["gloo_seconds"] = json!(gloo_seconds);
-        report["gloo_median_s"] = json!(gloo_median);
-        report["ratio"] = json!(ours_median / gloo_median);
-    } else {
-        println!("  gloo unavailable: {}", String::from_utf8_lossy(&gloo.stderr).lines().last().unwrap_or(""));
+    let (mut ours_all, mut gloo_all, mut pair_reports, mut ratios) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut gloo_missing = None;
+    for pair in 0..pairs {
+        let ours = run_ours(&exe, &dir, floats, rounds)?;
+        let ours_median = median(ours.clone());
+        let mut line = format!("  pair {}: locvtp-flow (timely exchange) median {ours_median:.3} s a round", pair + 1);
+        let mut report = json!({ "ours_seconds": ours, "ours_median_s": ours_median });
+        match run_gloo(&python, &script, floats, rounds) {
+            Ok((gloo, torch)) => {
+                let gloo_median = median(gloo.clone());
+                let ratio = ours_median / gloo_median;
+                line += &format!(", gloo all_reduce (torch {torch}) {gloo_median:.3} s: ours / gloo = {ratio:.2}");
+                report["gloo_seconds"] = json!(gloo);
+                report["gloo_median_s"] = json!(gloo_median);
+                report["ratio"] = json!(ratio);
+                report["torch"] = json!(torch);
+                gloo_all.extend(gloo);
+                ratios.push(ratio);
+            }
+            Err(e) => {
+                line += &format!(", gloo unavailable: {e}");
+                gloo_missing = Some(e);
+            }
+        }
+        println!("{line}");
+        ours_all.extend(ours);
+        pair_reports.push(report);
     }
-    Ok(report)
+    let mut summary = json!({
+        "floats": floats, "rounds": rounds, "processes": 2, "pairs": pair_reports,
+        "ours_median_s": median(ours_all),
+    });
+    if gloo_missing.is_none() {
+        let (low, high) = ratios.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), r| (l.min(*r), h.max(*r)));
+        let ratio = median(ratios);
+        println!("  ours / gloo: median {ratio:.2} over {pairs} pairs (from {low:.2} to {high:.2})");
+        summary["gloo_median_s"] = json!(median(gloo_all));
+        summary["ratio_median"] = json!(ratio);
+        summary["ratio_range"] = json!([low, high]);
+    }
+    Ok(summary)
 }

@@ -98,9 +98,13 @@ pub struct BenchArgs {
     /// Floats exchanged (default: the released model's gradient).
     #[arg(long, default_value_t = 0)]
     exchange_floats: usize,
-    /// Timed rounds of the exchange.
+    /// Timed rounds of the exchange, in each of `--exchange-pairs` runs of
+    /// ours and of gloo's.
     #[arg(long, default_value_t = 5)]
     exchange_rounds: usize,
+    /// Runs of ours and of gloo's, alternately.
+    #[arg(long, default_value_t = 3)]
+    exchange_pairs: usize,
     /// One process of the exchange cluster (started by `--exchange`).
     #[arg(long, hide = true)]
     exchange_process: Option<usize>,
