@@ -74,7 +74,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # --- 1. Debian packages and the deb-src entry -------------------------------
 bash "$ROOT/scripts/setup.sh"
 missing=()
-for pkg in nasm dpkg-dev; do
+for pkg in nasm dpkg-dev libffmpeg-nvenc-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -130,10 +130,14 @@ fi
 # GIF, raw H.264/HEVC streams) and the video codecs found in them. FFV1 and
 # the MPEG-4 encoder with the MP4 muxer are for generated test and demo
 # videos (libx264 is not linked: generated demo videos are then MPEG-4 part
-# 2). The filters are the decode stage's crop/rotate/scale chain. No network,
-# no devices, no external libraries: nothing else to link.
+# 2). The filters are the decode stage's crop/rotate/scale chain. The cuvid
+# decoders are the GPU's video decoder (`decoder = "nvdec"`): Debian's
+# nv-codec-headers (libffmpeg-nvenc-dev) are headers only, and FFmpeg loads
+# the NVIDIA driver's libcuda and libnvcuvid at run time, where they exist.
+# No network, no devices, no external libraries: nothing else to link.
 DEMUXERS="mov,matroska,avi,mpegts,mpegps,mpegvideo,m4v,flv,ogg,gif,h264,hevc,ivf,yuv4mpegpipe"
 DECODERS="h264,hevc,vp8,vp9,mpeg4,mpeg1video,mpeg2video,mjpeg,gif,ffv1,theora,h263,rawvideo"
+CUVID="h264_cuvid,hevc_cuvid,vp8_cuvid,vp9_cuvid,mpeg4_cuvid,mpeg1_cuvid,mpeg2_cuvid,mjpeg_cuvid"
 PARSERS="h264,hevc,vp8,vp9,mpeg4video,mpegvideo,mjpeg,gif,h263"
 FILTERS="buffer,buffersink,crop,transpose,hflip,vflip,scale,format,null"
 FFMPEG_FLAGS=(
@@ -144,6 +148,7 @@ FFMPEG_FLAGS=(
   --enable-protocol=file,pipe
   --enable-demuxer="$DEMUXERS"
   --enable-decoder="$DECODERS"
+  --enable-ffnvcodec --enable-cuvid --enable-decoder="$CUVID"
   --enable-parser="$PARSERS"
   --enable-filter="$FILTERS"
   --enable-encoder=mpeg4 --enable-muxer=mp4,mov
@@ -171,8 +176,17 @@ source "$ROOT/scripts/env.sh"
 export FFMPEG_DIR="$PREFIX"
 export CMAKE="$TOOLS/bin/cmake"
 export CARGO_INCREMENTAL=0
+# ffmpeg-sys-next does not notice FFMPEG_DIR pointing at another build (one
+# with other components): when the prefix changes, its build is redone, and
+# FFmpeg builds of other flags are removed so that nothing links them.
+STAMP="$CARGO_TARGET_DIR/release/.portable-ffmpeg-prefix"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$PREFIX" ]; then
+  quietly "cleaning ffmpeg-sys-next (FFmpeg prefix changed)" cargo clean --release -p ffmpeg-sys-next
+  find "$WORK" -maxdepth 1 -name "ffmpeg-*-static-*" ! -path "$PREFIX" -exec rm -rf {} +
+fi
 quietly "building locvtp-flow --release --features portable" \
   cargo build --locked --release -p locvtp-flow --features portable
+echo "$PREFIX" >"$STAMP"
 mkdir -p "$DIST"
 cp "$CARGO_TARGET_DIR/release/locvtp-flow" "$DIST/locvtp-flow"
 strip "$DIST/locvtp-flow"

@@ -5,9 +5,11 @@
 #   1. its direct dynamic dependencies (ELF NEEDED entries) are only libtorch's
 #      libraries and the C/C++ runtime: no FFmpeg, HDF5 or other Debian library;
 #   2. it runs: `--version`, and `check` of the shipped extraction graph;
-#   3. its features equal the default release build's, bit for bit, on every
-#      video of the demo set (train, heldout, grounding), extracted with the
-#      same seeded c3d-tiny weights;
+#   3. its GPU video decoders (cuvid) are built in: asked for NVDEC on this
+#      machine without an NVIDIA driver, it says the decoder did not start
+#      and decodes on the CPU; and its features equal the default release
+#      build's, bit for bit, on every video of the demo set (train, heldout,
+#      grounding), extracted with the same seeded c3d-tiny weights;
 #   4. the integration tests pass driving it (LOCVTP_FLOW_BIN).
 #
 #   scripts/portable_check.sh [PORTABLE_BINARY]     (default dist/locvtp-flow)
@@ -50,6 +52,19 @@ DEMO="$ROOT/data/demo"
 if [ ! -f "$DEMO/manifest.json" ]; then
   "$DEFAULT" demo-data --out "$DEMO"
 fi
+
+# The GPU's decoders are built in.
+# No NVIDIA driver here: asking for NVDEC must fall back to the CPU because
+# the driver did not start the decoder, not because it is missing.
+NVDEC_OUT="$(mktemp -d)"
+"$PORTABLE" run graphs/extract-tiny.toml --set "stages.videos.dir=$DEMO/heldout/videos" \
+  --set stages.videos.limit=1 --set stages.decode.decoder=nvdec --set "run.output_dir=$NVDEC_OUT" \
+  --set stages.encode.device=cpu >"$NVDEC_OUT/log" 2>&1 || fail "extraction with decoder = nvdec: $(cat "$NVDEC_OUT/log")"
+grep -q "_cuvid did not start" "$NVDEC_OUT/log" ||
+  fail "the cuvid decoders are not in $PORTABLE: $(grep NVDEC "$NVDEC_OUT/log")"
+log "cuvid decoders built in: $(grep -o 'NVDEC decoding unavailable.*' "$NVDEC_OUT/log")"
+rm -rf "$NVDEC_OUT"
+
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 for split in train heldout grounding; do

@@ -8,12 +8,16 @@
 #      come from locvtp-flow's own generator, MPEG-4 part 2 in the portable
 #      build), every core decoding, the released C3D encoding on the GPU,
 #      against its decode half (all cores) and encode half measured in the
-#      same run: $OUT/e2e/bench.json. Decoding is on the CPU: the portable
-#      FFmpeg has no nvdec/cuvid;
+#      same run: $OUT/e2e/bench.json, decoding on the CPU;
 #   2. gpu-bench (the Rust model through libtorch) and torch_reference.py
 #      (the same computation in PyTorch), C3D extraction and LocVTP training
 #      steps at the released sizes, fp32 and bf16 autocast, on the same GPU:
-#      $OUT/gpu_bench.json (every measurement plus a Rust/PyTorch comparison).
+#      $OUT/gpu_bench.json (every measurement plus a Rust/PyTorch comparison);
+#   3. step 1 again with the GPU's video decoder (`--decoder nvdec`, FFmpeg's
+#      cuvid decoders in the portable build; where the driver does not start
+#      them the log says so and decoding stays on the CPU, which
+#      `nvdec_passes` in $OUT/e2e-nvdec/bench.json shows): last, so that the
+#      measurements above come first within the budget.
 #
 # The log of everything is $OUT/gpu_bench.log. From a checkout where
 # scripts/portable.sh has built dist/locvtp-flow and dist/gpu-bench (29 MB
@@ -111,7 +115,6 @@ if [ -z "$FLOW" ]; then
 fi
 if [ -n "$FLOW" ]; then
   log "portable binary: $FLOW ($(ldd "$FLOW" 2>&1 | grep -c 'not found') unresolved libraries)"
-  log "decoding on the CPU: the portable FFmpeg has no nvdec/cuvid"
   E2E_MODEL="${E2E_MODEL:-$HERE/../../configs/c3d-full.toml}"
   run "$FLOW" bench --no-python --no-decode --device "$DEVICE" --model "$E2E_MODEL" \
     --batch-size "$EXTRACT_BATCH" --count "${E2E_COUNT:-16}" --seconds "${E2E_SECONDS:-4}" --out "$OUTDIR/e2e"
@@ -133,6 +136,12 @@ done
 # the decoder's frame layout gives for free.
 run "$BIN" "${common[@]}" --task extract --precision both --layout contiguous
 run "$PY" "$REF" "${common[@]}" --task extract --precision both --layout contiguous
+
+# 3. Extraction end to end again, decoding on the GPU's video decoder.
+if [ -n "$FLOW" ]; then
+  run "$FLOW" bench --no-python --no-decode --device "$DEVICE" --model "$E2E_MODEL" --decoder nvdec \
+    --batch-size "$EXTRACT_BATCH" --count "${E2E_COUNT:-16}" --seconds "${E2E_SECONDS:-4}" --out "$OUTDIR/e2e-nvdec"
+fi
 
 "$PY" - "$LINES" "$OUTDIR/gpu_bench.json" <<'PYEOF' 2>&1 | tee -a "$LOG" >&2
 import json, sys

@@ -63,6 +63,7 @@ pub fn decode<'s>(
                     });
                     let last = match result {
                         Ok(summary) => {
+                            RunStats::add(&stats.nvdec_passes, u64::from(summary.nvdec));
                             if summary.corrupt_packets > 0 {
                                 // Kept: the frames before and around the damage are real.
                                 tracing::warn!(

@@ -302,7 +302,7 @@ fn decode_visit(job: &DecodeJob, options: &DecodeOptions, stats: &RunStats) -> D
     let last_needed = needed.last().copied().unwrap_or(0);
     let mut kept: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut last_frame: Option<(u64, Vec<u8>)> = None;
-    decode_video(&job.video.path, options, |chunk| {
+    let decoded = decode_video(&job.video.path, options, |chunk| {
         RunStats::add(&stats.frames_decoded, chunk.len() as u64);
         for i in 0..chunk.len() {
             let index = chunk.first_index + i as u64;
@@ -320,6 +320,7 @@ fn decode_visit(job: &DecodeJob, options: &DecodeOptions, stats: &RunStats) -> D
             ControlFlow::Continue(())
         }
     })?;
+    RunStats::add(&stats.nvdec_passes, u64::from(decoded.nvdec));
     let (last_index, last_pixels) = last_frame.ok_or_else(|| anyhow::anyhow!("no frame decoded"))?;
     Ok(job
         .clips

@@ -47,6 +47,8 @@ counters! {
     frames_decoded,
     /// Decoding passes started (one per video, per epoch in training).
     decode_passes,
+    /// Decoding passes the GPU's video decoder made (`decoder = "nvdec"`).
+    nvdec_passes,
     clips_encoded,
     clips_written,
     /// Captions the frozen text encoder actually ran on (cache misses).

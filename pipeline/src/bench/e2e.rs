@@ -65,8 +65,11 @@ fn extraction_run(
         let name = p.file_name().context("video without a file name")?.to_string_lossy();
         std::os::unix::fs::symlink(&target, videos.join(format!("{i:05}-{name}")))?;
     }
-    let decode =
-        Decode { threads, decode: DecodeOptions { codec_threads: 1, ..DecodeOptions::default() }, ..Decode::default() };
+    let decode = Decode {
+        threads,
+        decode: DecodeOptions { codec_threads: 1, decoder: args.decoder, ..DecodeOptions::default() },
+        ..Decode::default()
+    };
     let encode = C3dEncode { model: model.to_path_buf(), device, batch_size: args.batch_size, ..C3dEncode::default() };
     let run = RunOptions { output_dir: output, seed: 0, max_in_flight: 8, log_every_s: 10.0 };
     let graph = GraphBuilder::new(run)
@@ -135,7 +138,7 @@ pub(super) fn bench_e2e(args: &BenchArgs, set: &VideoSet) -> Result<Value> {
         args.repeat,
         load_avg()
     );
-    let (decode, _) = best_of(args.repeat, || decode_parallel(&paths, threads, 1))?;
+    let (decode, _) = best_of(args.repeat, || decode_parallel(&paths, threads, 1, args.decoder))?;
     let (_, encode) = best_of(args.repeat, || encode_only(&cfg, clips))?;
     let (full, summary) = best_of(args.repeat, || extraction_run(args, &paths, &model_path, threads, choice))?;
     if summary.clips != clips {
@@ -144,7 +147,7 @@ pub(super) fn bench_e2e(args: &BenchArgs, set: &VideoSet) -> Result<Value> {
     let rate = |d: Duration| clips as f64 / d.as_secs_f64();
     println!(
         "  {:<46} {:>8.2} s {:>9.1} clips/s",
-        format!("decode only ({threads} decoder threads)"),
+        format!("decode only ({threads} decoder threads, {:?})", args.decoder),
         decode.as_secs_f64(),
         rate(decode)
     );
@@ -172,5 +175,6 @@ pub(super) fn bench_e2e(args: &BenchArgs, set: &VideoSet) -> Result<Value> {
         "batch_size": args.batch_size, "decoder_threads": threads, "torch_threads": tch::get_num_threads(),
         "decode_s": decode.as_secs_f64(), "encode_s": encode.as_secs_f64(), "extraction_s": full.as_secs_f64(),
         "ratio": ratio, "encoder_busy_share": summary.encoder_busy_share, "load_after": load_avg(),
+        "decoder": args.decoder, "nvdec_passes": summary.nvdec_passes, "decode_passes": summary.decode_passes,
     }))
 }

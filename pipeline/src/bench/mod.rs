@@ -24,7 +24,7 @@ mod text_store;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use locvtp_media::decode::{decode_video, probe, DecodeOptions};
+use locvtp_media::decode::{decode_video, probe, DecodeOptions, DecoderKind};
 use locvtp_media::sampling::{DenseClipper, Tail};
 use serde_json::{json, Value};
 use std::ops::ControlFlow;
@@ -110,6 +110,11 @@ pub struct BenchArgs {
     exchange_process: Option<usize>,
     #[arg(long, hide = true)]
     exchange_hosts: Option<PathBuf>,
+    /// Decoder of the end-to-end measurement: `cpu`, or `nvdec` (the GPU's
+    /// video decoder where FFmpeg and the driver offer it; the CPU's
+    /// otherwise, with a message).
+    #[arg(long, default_value = "cpu", value_parser = parse_decoder)]
+    decoder: DecoderKind,
     /// Model of the end-to-end measurement.
     #[arg(long, default_value = "configs/c3d-small.toml")]
     model: PathBuf,
@@ -179,10 +184,15 @@ fn best_of<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<(Durati
     Ok(best.expect("at least one run"))
 }
 
+fn parse_decoder(name: &str) -> std::result::Result<DecoderKind, String> {
+    serde_json::from_value(serde_json::Value::String(name.to_string()))
+        .map_err(|_| format!("unknown decoder {name:?}: cpu or nvdec"))
+}
+
 /// Decodes one video as the decode stage and the dense clip sampler do;
 /// returns (frames, clips).
-fn decode_clips(path: &Path, codec_threads: usize) -> Result<(u64, u64)> {
-    let opts = DecodeOptions { codec_threads, chunk_frames: CLIP, frame_size: SIZE };
+fn decode_clips(path: &Path, codec_threads: usize, decoder: DecoderKind) -> Result<(u64, u64)> {
+    let opts = DecodeOptions { codec_threads, chunk_frames: CLIP, frame_size: SIZE, decoder };
     let mut clipper = DenseClipper::new(CLIP, CLIP, Tail::Pad, FRAME_BYTES);
     let mut clips = 0u64;
     let summary = decode_video(path, &opts, |chunk| {
@@ -200,7 +210,7 @@ fn decode_clips(path: &Path, codec_threads: usize) -> Result<(u64, u64)> {
 
 /// The videos decoded by `threads` threads, each taking the next video,
 /// one decoder thread per video (the decode operator's `threads`).
-fn decode_parallel(paths: &[PathBuf], threads: usize, codec_threads: usize) -> Result<u64> {
+fn decode_parallel(paths: &[PathBuf], threads: usize, codec_threads: usize, decoder: DecoderKind) -> Result<u64> {
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads.max(1))
@@ -212,7 +222,7 @@ fn decode_parallel(paths: &[PathBuf], threads: usize, codec_threads: usize) -> R
                         let Some(p) = paths.get(i) else {
                             return Ok(clips);
                         };
-                        clips += decode_clips(p, codec_threads)?.1;
+                        clips += decode_clips(p, codec_threads, decoder)?.1;
                     }
                 })
             })
@@ -314,7 +324,7 @@ fn generate_without_cli(dir: &Path, w: u32, h: u32, args: &BenchArgs) -> Result<
 fn video_set(label: String, paths: Vec<PathBuf>) -> Result<VideoSet> {
     let (mut frames, mut clips, mut bits, mut secs) = (0, 0, 0.0, 0.0);
     for p in &paths {
-        let (f, c) = decode_clips(p, 1).with_context(|| format!("{}: cannot decode", p.display()))?;
+        let (f, c) = decode_clips(p, 1, DecoderKind::Cpu).with_context(|| format!("{}: cannot decode", p.display()))?;
         frames += f;
         clips += c;
         bits += std::fs::metadata(p)?.len() as f64 * 8.0;
@@ -399,7 +409,7 @@ fn bench_decode(args: &BenchArgs, set: &VideoSet, threads: usize, ffmpeg: bool) 
     let mut rows = Vec::new();
     let mut record = json!({ "videos": set.label, "count": set.paths.len(), "frames": set.frames, "clips": set.clips, "kbps": set.kbps });
 
-    let (d, clips) = best_of(args.repeat, || decode_parallel(&set.paths, 1, 1))?;
+    let (d, clips) = best_of(args.repeat, || decode_parallel(&set.paths, 1, 1, DecoderKind::Cpu))?;
     let ours = rate(d, clips);
     rows.push(Row {
         name: "ours: decode stage, 1 decoder thread".into(),
@@ -411,7 +421,7 @@ fn bench_decode(args: &BenchArgs, set: &VideoSet, threads: usize, ffmpeg: bool) 
 
     let mut ours_n = None;
     if threads > 1 {
-        let (d, clips) = best_of(args.repeat, || decode_parallel(&set.paths, threads, 1))?;
+        let (d, clips) = best_of(args.repeat, || decode_parallel(&set.paths, threads, 1, DecoderKind::Cpu))?;
         let r = rate(d, clips);
         ours_n = Some(r);
         rows.push(Row {
@@ -420,7 +430,7 @@ fn bench_decode(args: &BenchArgs, set: &VideoSet, threads: usize, ffmpeg: bool) 
             clips_per_s: Some(r),
             note: format!("{:.1} per thread", r / threads as f64),
         });
-        let (d, clips) = best_of(args.repeat, || decode_parallel(&set.paths, 1, threads))?;
+        let (d, clips) = best_of(args.repeat, || decode_parallel(&set.paths, 1, threads, DecoderKind::Cpu))?;
         let r2 = rate(d, clips);
         rows.push(Row {
             name: format!("ours: one video at a time, codec_threads={threads}"),

@@ -44,6 +44,9 @@ pub struct RunSummary {
     /// Decoding passes over videos: one per video (and epoch), however many
     /// clips each serves.
     pub decode_passes: u64,
+    /// Of those, the passes the GPU's video decoder made (`decoder =
+    /// "nvdec"`; the rest fell back to the CPU, as the log says).
+    pub nvdec_passes: u64,
     pub wall_seconds: f64,
     /// Peak resident memory of this process (process 0 for a cluster), MB.
     pub peak_rss_mb: f64,
@@ -143,6 +146,7 @@ impl RunSummary {
             clips: if training.is_some() { c.clips_encoded } else { c.clips_written },
             frames_decoded: c.frames_decoded,
             decode_passes: c.decode_passes,
+            nvdec_passes: c.nvdec_passes,
             wall_seconds: r.wall.as_secs_f64(),
             peak_rss_mb: peak_rss_mb(),
             throughput: Throughput {

@@ -29,12 +29,83 @@ pub struct DecodeOptions {
     pub codec_threads: usize,
     /// Frames per [`FrameChunk`] handed to the caller.
     pub chunk_frames: usize,
+    /// Which decoder turns packets into frames. Left out of the serialised
+    /// options when it is the CPU's, so that a training run's manifest (its
+    /// settings, compared on resume) reads as it did before the option
+    /// existed.
+    #[serde(skip_serializing_if = "DecoderKind::is_cpu")]
+    pub decoder: DecoderKind,
 }
 
 impl Default for DecodeOptions {
     fn default() -> Self {
-        DecodeOptions { frame_size: 112, codec_threads: 1, chunk_frames: 16 }
+        DecodeOptions { frame_size: 112, codec_threads: 1, chunk_frames: 16, decoder: DecoderKind::Cpu }
     }
+}
+
+/// Which decoder turns packets into frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DecoderKind {
+    /// FFmpeg's software decoders.
+    #[default]
+    Cpu,
+    /// The GPU's video decoder (NVDEC) through FFmpeg's cuvid decoders,
+    /// where this FFmpeg has one for the video's codec and the NVIDIA
+    /// driver's libraries load; the CPU's otherwise, said once per process
+    /// and reason. The frames then pass through the same crop and resize.
+    Nvdec,
+}
+
+impl DecoderKind {
+    fn is_cpu(&self) -> bool {
+        *self == DecoderKind::Cpu
+    }
+}
+
+/// FFmpeg's cuvid decoder for a software decoder's codec.
+fn cuvid_name(codec: &str) -> Option<&'static str> {
+    Some(match codec {
+        "h264" => "h264_cuvid",
+        "hevc" => "hevc_cuvid",
+        "vp8" => "vp8_cuvid",
+        "vp9" => "vp9_cuvid",
+        "av1" => "av1_cuvid",
+        "mpeg4" => "mpeg4_cuvid",
+        "mpeg2video" => "mpeg2_cuvid",
+        "mpeg1video" => "mpeg1_cuvid",
+        "mjpeg" => "mjpeg_cuvid",
+        "vc1" => "vc1_cuvid",
+        _ => return None,
+    })
+}
+
+/// Says why a video is decoded on the CPU after all: once per process and
+/// reason (a missing driver would otherwise be repeated for every video).
+fn warn_cpu_fallback(reason: String) {
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    if !said.contains(&reason) {
+        tracing::warn!("NVDEC decoding unavailable ({reason}): decoding on the CPU");
+        said.push(reason);
+    }
+}
+
+/// Why the driver failed to start NVDEC, once it has: no later video tries
+/// again.
+static NVDEC_FAILURE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Opens the GPU decoder for `codec`, or says why not.
+fn open_nvdec(params: ffmpeg::codec::Parameters, codec: &str) -> std::result::Result<ffmpeg::decoder::Video, String> {
+    let name = cuvid_name(codec).ok_or_else(|| format!("no NVDEC decoder for {codec}"))?;
+    let cuvid = ffmpeg::decoder::find_by_name(name).ok_or_else(|| format!("this FFmpeg was built without {name}"))?;
+    if let Some(failure) = NVDEC_FAILURE.get() {
+        return Err(failure.clone());
+    }
+    let ctx = ffmpeg::codec::context::Context::from_parameters(params).map_err(|e| e.to_string())?;
+    ctx.decoder().open_as(cuvid).and_then(|o| o.video()).map_err(|e| {
+        NVDEC_FAILURE.get_or_init(|| format!("{name} did not start: no usable NVIDIA driver or GPU ({e})")).clone()
+    })
 }
 
 /// What the container says about a video, before decoding it.
@@ -95,6 +166,8 @@ pub struct DecodeSummary {
     pub corrupt_packets: u64,
     /// True when the caller stopped the pass early.
     pub stopped: bool,
+    /// True when the GPU's decoder decoded the video.
+    pub nvdec: bool,
 }
 
 /// Initialises FFmpeg once per process and quiets its own logging.
@@ -347,20 +420,29 @@ where
 {
     let mut ictx = open(path)?;
     let (index, info) = info_of(&ictx, path)?;
-    let (time_base, mut decoder) = {
+    let (time_base, mut decoder, nvdec) = {
         let stream = ictx.stream(index).expect("index from best()");
-        let mut ctx = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
-            .map_err(|e| anyhow!("{}: unusable video stream: {e}", path.display()))?;
-        ctx.set_threading(ffmpeg::codec::threading::Config {
-            kind: ffmpeg::codec::threading::Type::Frame,
-            count: opts.codec_threads,
-            ..Default::default()
-        });
-        let decoder = ctx
-            .decoder()
-            .video()
-            .map_err(|e| anyhow!("{}: cannot open the {} decoder: {e}", path.display(), info.codec))?;
-        (stream.time_base(), decoder)
+        let gpu = match opts.decoder {
+            DecoderKind::Cpu => None,
+            DecoderKind::Nvdec => open_nvdec(stream.parameters(), &info.codec).map_err(warn_cpu_fallback).ok(),
+        };
+        let nvdec = gpu.is_some();
+        let decoder = match gpu {
+            Some(decoder) => decoder,
+            None => {
+                let mut ctx = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
+                    .map_err(|e| anyhow!("{}: unusable video stream: {e}", path.display()))?;
+                ctx.set_threading(ffmpeg::codec::threading::Config {
+                    kind: ffmpeg::codec::threading::Type::Frame,
+                    count: opts.codec_threads,
+                    ..Default::default()
+                });
+                ctx.decoder()
+                    .video()
+                    .map_err(|e| anyhow!("{}: cannot open the {} decoder: {e}", path.display(), info.codec))?
+            }
+        };
+        (stream.time_base(), decoder, nvdec)
     };
     let size = opts.frame_size;
     let mut sink = ChunkSink {
@@ -477,7 +559,7 @@ where
     if sink.next_index == 0 {
         bail!("{}: no decodable video frame ({} damaged packets)", path.display(), corrupt_packets);
     }
-    Ok(DecodeSummary { info, frames: sink.next_index, corrupt_packets, stopped: sink.stopped })
+    Ok(DecodeSummary { info, frames: sink.next_index, corrupt_packets, stopped: sink.stopped, nvdec })
 }
 
 #[cfg(test)]
@@ -506,6 +588,56 @@ mod tests {
         let err =
             decode_video(&junk, &DecodeOptions::default(), |_| ControlFlow::Continue(())).unwrap_err().to_string();
         assert!(err.contains("junk.mp4"), "{err}");
+    }
+
+    #[test]
+    fn asking_for_nvdec_where_none_starts_decodes_the_same_frames_on_the_cpu() {
+        // The machines the tests run on have no NVIDIA driver (Debian's
+        // FFmpeg carries the cuvid decoders, the portable one may not):
+        // every pass falls back, the second without trying again.
+        use crate::synth::{Background, Colour, Motion, Scene, Shape, SynthSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let video = dir.path().join("v.mp4");
+        let scene = Scene {
+            start_s: 0.0,
+            end_s: 0.4,
+            shape: Shape::Square,
+            colour: Colour::Green,
+            motion: Motion::Down,
+            background: Background::Grey,
+        };
+        crate::synth::write_video(&SynthSpec::new(48, 32, (25, 1), 0.4, vec![scene]), &video).unwrap();
+        let decode = |decoder| {
+            let mut pixels = Vec::new();
+            let opts = DecodeOptions { frame_size: 16, decoder, ..DecodeOptions::default() };
+            let summary = decode_video(&video, &opts, |chunk| {
+                pixels.extend_from_slice(&chunk.pixels);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            (pixels, summary)
+        };
+        let (cpu, on_cpu) = decode(DecoderKind::Cpu);
+        assert!(on_cpu.frames >= 9 && !on_cpu.nvdec);
+        for _ in 0..2 {
+            let (fallback, summary) = decode(DecoderKind::Nvdec);
+            assert!(!summary.nvdec, "no NVDEC here");
+            assert_eq!(summary.frames, on_cpu.frames);
+            assert!(fallback == cpu, "the same frames as the CPU's decoder");
+        }
+    }
+
+    #[test]
+    fn the_decoder_option_is_written_only_when_it_is_not_the_cpu() {
+        // A training run's manifest holds the serialised options: runs
+        // from before the option existed must read the same.
+        let cpu = serde_json::to_value(DecodeOptions::default()).unwrap();
+        assert!(cpu.get("decoder").is_none(), "{cpu}");
+        let gpu = DecodeOptions { decoder: DecoderKind::Nvdec, ..DecodeOptions::default() };
+        let written = serde_json::to_value(gpu).unwrap();
+        assert_eq!(written["decoder"], "nvdec");
+        assert_eq!(serde_json::from_value::<DecodeOptions>(written).unwrap(), gpu);
+        assert!(serde_json::from_value::<DecodeOptions>(serde_json::json!({ "decoder": "gpu" })).is_err());
     }
 
     #[test]
