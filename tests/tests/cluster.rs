@@ -510,4 +510,10 @@ fn the_exchange_benchmark_delivers_the_mean_between_two_processes_next_to_gloo()
     }
     assert!(report["ratio_median"].as_f64().is_some(), "{report}");
     assert!(text.contains("ours / gloo: median"), "{text}");
+    // Ratios differ between machines of one core count: the report says
+    // which machine it is from.
+    let machine = &report["machine"];
+    assert!(machine["cores"].as_u64().is_some_and(|n| n >= 1), "{report}");
+    assert!(machine["cpu"].as_str().is_some_and(|c| !c.is_empty()), "{report}");
+    assert!(machine["kernel"].as_str().is_some_and(|k| !k.is_empty()), "{report}");
 }

@@ -161,6 +161,24 @@ fn cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
+/// What a figure was measured on: results differ between machines of the
+/// same core count (CPU model, kernel), so every report names them.
+fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    json!({ "cpu": cpu, "cores": cores(), "kernel": kernel, "load_before": load_avg() })
+}
+
 fn have_ffmpeg() -> bool {
     Command::new("ffmpeg")
         .arg("-version")
@@ -590,11 +608,21 @@ pub fn main(args: &BenchArgs) -> Result<()> {
     if let (Some(p), Some(hosts)) = (args.exchange_process, &args.exchange_hosts) {
         return exchange::exchange_process(args, p, hosts);
     }
-    let (report, name) = match (args.text_store, args.exchange) {
+    let machine = machine();
+    println!(
+        "machine: {} ({} cores, Linux {})",
+        machine["cpu"].as_str().unwrap_or("?"),
+        cores(),
+        machine["kernel"].as_str().unwrap_or("?")
+    );
+    let (mut report, name) = match (args.text_store, args.exchange) {
         (Some(n), _) => (text_store::bench_text_store(args, n)?, "text_store.json"),
         (None, true) => (exchange::bench_exchange(args)?, "exchange.json"),
         (None, false) => (bench(args)?, "bench.json"),
     };
+    if let Some(fields) = report.as_object_mut() {
+        fields.insert("machine".into(), machine);
+    }
     let path = args.out.join(name);
     std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
     println!("\nwrote {}", path.display());
