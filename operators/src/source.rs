@@ -53,9 +53,14 @@ pub fn paced_source<'s, D: Clone + 'static>(
                     cap = None;
                     return;
                 };
-                held.downgrade(&next);
                 output.session(&*held).give(item);
                 next += 1;
+                // Nothing more leaves at the time just used: let the
+                // frontier pass it now, not when the next item leaves.
+                // Operators that wait for the frontier to pass a time
+                // (the encoder's partial batch) would otherwise wait on
+                // an item the window holds back until they finish.
+                held.downgrade(&next);
             }
             activator.activate();
         }
@@ -81,6 +86,53 @@ mod tests {
         for (t, items) in got {
             assert_eq!(items, vec![t as u32]);
         }
+    }
+
+    /// An operator that lets what it holds go only once the frontier has
+    /// passed every time in it (as the encoder does with a partial batch)
+    /// must not wait on the source: the source holds no time it has
+    /// already emitted at, so a window of 1 over such a batcher drains.
+    #[test]
+    fn the_source_holds_no_time_it_has_emitted_at() {
+        use timely::dataflow::channels::pact::Pipeline;
+        use timely::dataflow::operators::generic::Operator;
+        use timely::dataflow::operators::Capability;
+        let run = Arc::new(RunShared::default());
+        let (drained, steps) = timely::execute_directly(move |worker| {
+            let flow = ProbeHandle::new();
+            let ends = flow.clone();
+            worker.dataflow::<u64, _, _>(move |scope| {
+                paced_source(scope, "Items", (0..6u32).collect(), 1, flow.clone(), run)
+                    .unary_frontier::<CapacityContainerBuilder<Vec<u32>>, _, _, _>(Pipeline, "HoldAll", |_, _| {
+                        let mut held: Vec<(Capability<u64>, Vec<u32>)> = Vec::new();
+                        move |(input, frontier), output| {
+                            input.for_each(|cap, data| {
+                                held.push((cap.retain_least(0).expect("u64 times"), std::mem::take(data)))
+                            });
+                            if held.iter().all(|(cap, _)| !frontier.less_equal(cap.time())) {
+                                for (cap, items) in held.drain(..) {
+                                    output.session(&cap).give_iterator(items.into_iter());
+                                }
+                            }
+                        }
+                    })
+                    .probe_with(&flow);
+            });
+            // Bounded in steps, not in time: a held time would stall it
+            // for good, however long it ran.
+            let mut steps = 0;
+            while !ends.done() && steps < 10_000 {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+                steps += 1;
+            }
+            let drained = ends.done();
+            // A stalled dataflow would keep `execute_directly` stepping.
+            for dataflow in worker.installed_dataflows() {
+                worker.drop_dataflow(dataflow);
+            }
+            (drained, steps)
+        });
+        assert!(drained, "the batcher still waits after {steps} steps");
     }
 
     #[test]

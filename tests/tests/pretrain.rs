@@ -252,7 +252,8 @@ fn assert_same_steps(name: &str, one: &[serde_json::Value], other: &[serde_json:
 }
 
 /// With the shards and micro-batches fixed, the steps do not depend on the
-/// cluster: 1, 2, 3 and 4 worker threads and 2 processes train alike.
+/// cluster: 1, 2, 3 and 4 worker threads, 2 and 3 processes, and 2
+/// processes of 2 threads train alike.
 #[test]
 fn any_number_of_workers_takes_the_same_steps() {
     let dir = tempfile::tempdir().unwrap();
@@ -272,24 +273,28 @@ fn any_number_of_workers_takes_the_same_steps() {
         assert_same_steps(&name, &one, &other);
     }
 
-    // Two processes on a loopback cluster: the same steps, one set of
-    // outputs.
-    let graph = dir.path().join("cluster.toml");
-    let out = dir.path().join("cluster");
-    let text = pretrain_graph(&dir.path().join("data"), &out, 2)
-        .replace("epochs = 2\n", "epochs = 2\nmicro_batches = 2\n")
-        .replace("type = \"segment_sampler\"\n", "type = \"segment_sampler\"\nshards = 4\n");
-    std::fs::write(&graph, text).unwrap();
-    for (p, o) in locvtp_tests::run_cluster(dir.path(), &graph, 2, 1).iter().enumerate() {
-        assert!(o.status.success(), "process {p}: {}", String::from_utf8_lossy(&o.stderr));
+    // Loopback clusters of 2 and 3 processes of one worker, and 2 of two
+    // (4 workers, the exchange both in-process and between processes): the
+    // same steps, one set of outputs.
+    for (processes, threads) in [(2, 1), (3, 1), (2, 2)] {
+        let name = format!("n{processes}w{threads}");
+        let graph = dir.path().join(format!("{name}.toml"));
+        let out = dir.path().join(&name);
+        let text = pretrain_graph(&dir.path().join("data"), &out, 2)
+            .replace("epochs = 2\n", "epochs = 2\nmicro_batches = 2\n")
+            .replace("type = \"segment_sampler\"\n", "type = \"segment_sampler\"\nshards = 4\n");
+        std::fs::write(&graph, text).unwrap();
+        for (p, o) in locvtp_tests::run_cluster(dir.path(), &graph, processes, threads).iter().enumerate() {
+            assert!(o.status.success(), "{name}, process {p}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        let cluster: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_same_steps(&name, &one, &cluster);
+        assert!(out.join("checkpoints/last.safetensors").exists(), "{name}");
     }
-    let cluster: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_same_steps("two processes", &one, &cluster);
-    assert!(out.join("checkpoints/last.safetensors").exists());
 }
 
 #[test]
