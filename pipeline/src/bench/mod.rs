@@ -612,7 +612,7 @@ pub fn main(args: &BenchArgs) -> Result<()> {
     println!(
         "machine: {} ({} cores, Linux {})",
         machine["cpu"].as_str().unwrap_or("?"),
-        cores(),
+        machine["cores"],
         machine["kernel"].as_str().unwrap_or("?")
     );
     let (mut report, name) = match (args.text_store, args.exchange) {

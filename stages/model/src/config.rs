@@ -111,10 +111,10 @@ impl ModelConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             problems.push(format!("model.dropout = {}: a probability below 1", self.dropout));
         }
-        match problems.is_empty() {
-            true => Ok(()),
-            false => anyhow::bail!("{}", problems.join("; ")),
+        if !problems.is_empty() {
+            anyhow::bail!("{}", problems.join("; "));
         }
+        Ok(())
     }
 
     /// Size of C3D's flattened pool5 volume: conv5 channels x 1 x 4 x 4 for
